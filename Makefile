@@ -1,0 +1,49 @@
+# Two entry points: `make demo` and `make test`. Both create/update .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# torch/torchvision are pinned in constraints.txt (on these machines pip serves them from local disk).
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test venv export-check nbtest pytest clean-nbs bench
+
+venv: $(STAMP)
+
+$(STAMP): setup.py settings.ini constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) torch torchvision
+	$(PIP_INSTALL) -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mmvae-nb demo --out out/demo
+
+# Fails when the library is out of sync with the notebooks (what nbdev's own CI checks).
+export-check: $(STAMP)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  before=$$( (git status --porcelain; git diff) | sha1sum); \
+	  $(VENV)/bin/nbdev_export; \
+	  after=$$( (git status --porcelain; git diff) | sha1sum); \
+	  if [ "$$before" != "$$after" ]; then \
+	    echo "nbdev_export changed files: mmvae_nb/ is out of sync with nbs/ (run nbdev_export and commit)"; \
+	    git status --short; exit 1; fi; \
+	  echo "nbdev_export: library in sync with notebooks"; \
+	else echo "not a git checkout: skipping the export sync check"; fi
+
+# OMP_NUM_THREADS=1: nbdev_test runs 2 workers; torch's own threads would oversubscribe 2 cores.
+nbtest: $(STAMP)
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(VENV)/bin/nbdev_test --n_workers 2
+
+pytest: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest -q
+
+# pytest runs last so its summary line closes the run.
+test: export-check nbtest pytest
+
+clean-nbs: $(STAMP)
+	$(VENV)/bin/nbdev_clean
+
+bench: $(STAMP)
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
