@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['JOINTS', 'weighted_product_of_experts', 'js_weights', 'jensen_shannon', 'normalise_alphas', 'MMJSD']
 
-# %% ../nbs/04f_mmjsd.ipynb #59161ac3
+# %% ../nbs/04f_mmjsd.ipynb #5ccbce20
 import math
 from typing import Mapping, Sequence
 import torch
@@ -16,7 +16,7 @@ from .elbo import elbo_kl
 from .models import MultimodalVAE, Modality, UniformMixture
 from .mopoe import encode_observed, mixture_log_likelihood, ESTIMATORS
 
-# %% ../nbs/04f_mmjsd.ipynb #119159b7
+# %% ../nbs/04f_mmjsd.ipynb #dfc3b8e3
 def weighted_product_of_experts(locs: torch.Tensor, scales: torch.Tensor, weights: torch.Tensor,
                                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Normalised weighted geometric mean $\\prod_k q_k^{w_k}$ of Gaussian experts `locs`, `scales` (E, *batch, D); `weights` (*batch, E) or (E,), > 0 where present."
@@ -30,7 +30,7 @@ def weighted_product_of_experts(locs: torch.Tensor, scales: torch.Tensor, weight
     # q^w is a Gaussian with precision w / sigma^2: an ordinary expert with scale sigma / sqrt(w)
     return product_of_experts(locs, scales / w.sqrt(), mask, prior_expert=False)
 
-# %% ../nbs/04f_mmjsd.ipynb #ac817da0
+# %% ../nbs/04f_mmjsd.ipynb #374b583e
 def js_weights(alphas: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     "(B, M+1) weights: `alphas` (M+1,) (modalities, then the prior) renormalised over each item's observed modalities and the prior."
     M = observed.shape[-1]
@@ -47,7 +47,7 @@ def jensen_shannon(locs: torch.Tensor, scales: torch.Tensor, weights: torch.Tens
     w = weights.movedim(-1, 0).to(kls.dtype)
     return torch.where(w > 0, kls, torch.zeros_like(kls)).mul(w).sum(0)
 
-# %% ../nbs/04f_mmjsd.ipynb #040058d9
+# %% ../nbs/04f_mmjsd.ipynb #18070127
 JOINTS = ('poe', 'moe', 'dynamic_prior')
 
 def normalise_alphas(alphas: Sequence[float] | Mapping[str, float] | None, names: Sequence[str]) -> torch.Tensor:

@@ -6,7 +6,7 @@
 __all__ = ['ESTIMATORS', 'PRIOR_EXPERT', 'normalise_subsets', 'available_subsets', 'subset_products', 'uniform_subset_weights',
            'subset_average', 'generalized_elbo', 'encode_observed', 'mixture_log_likelihood', 'MoPoE']
 
-# %% ../nbs/04e_mopoe.ipynb #90877679
+# %% ../nbs/04e_mopoe.ipynb #4242830a
 import math
 from typing import Sequence
 import torch
@@ -17,7 +17,7 @@ from .elbo import elbo_kl
 from .models import MultimodalVAE, Modality, UniformMixture
 from .mvae import subsets, subset_membership
 
-# %% ../nbs/04e_mopoe.ipynb #45554b5e
+# %% ../nbs/04e_mopoe.ipynb #93b8efb4
 def normalise_subsets(subs: Sequence[Sequence[str]] | None, names: Sequence[str]) -> tuple[tuple[str, ...], ...]:
     "Validated subsets, each in the order of `names`; all $2^M-1$ non-empty subsets when `subs` is None."
     names = tuple(names)
@@ -40,7 +40,7 @@ def available_subsets(observed: torch.Tensor, membership: torch.Tensor) -> torch
           f"observed has {observed.shape[-1]} modalities but membership has {membership.shape[-1]}")
     return ~(membership.unsqueeze(0) & ~observed.unsqueeze(1)).any(-1)
 
-# %% ../nbs/04e_mopoe.ipynb #b8055861
+# %% ../nbs/04e_mopoe.ipynb #184a361e
 def subset_products(locs: torch.Tensor, scales: torch.Tensor, membership: torch.Tensor,
                     prior_expert: torch.Tensor | None = None, prior_loc=0., prior_scale=1.) -> tuple[torch.Tensor, torch.Tensor]:
     "PoE of each subset of experts `locs`, `scales` (M, *batch, D); `membership` (S, M); N(`prior_loc`, `prior_scale`) joins subsets flagged in `prior_expert` (S,). Returns (S, *batch, D) twice."
@@ -60,7 +60,7 @@ def subset_products(locs: torch.Tensor, scales: torch.Tensor, membership: torch.
     mask = mask.view(S, *([1] * len(batch)), M + 1).expand(S, *batch, M + 1)
     return product_of_experts(locs, scales, mask, prior_expert=False)
 
-# %% ../nbs/04e_mopoe.ipynb #af3e6755
+# %% ../nbs/04e_mopoe.ipynb #ac4093ee
 def uniform_subset_weights(available: torch.Tensor) -> torch.Tensor:
     "(B, S) mixture weights: uniform over each item's available subsets."
     n = available.sum(-1, keepdim=True)
@@ -79,7 +79,7 @@ def generalized_elbo(log_px: torch.Tensor, kls: torch.Tensor, weights: torch.Ten
     check(log_px.shape == kls.shape[1:], f"log_px {tuple(log_px.shape)} must be the batch shape of kls {tuple(kls.shape)}")
     return elbo_kl(log_px.unsqueeze(0), beta * subset_average(kls, weights))   # one z per item: K = 1
 
-# %% ../nbs/04e_mopoe.ipynb #0d129248
+# %% ../nbs/04e_mopoe.ipynb #46508117
 def encode_observed(model: MultimodalVAE, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Gaussian posterior parameters of every modality stacked (M, B, D) in model order (N(0, 1) where unobserved) and the (B, M) mask."
     check(model.posterior_family == 'normal', f"products of experts need Gaussian posteriors; got {model.posterior_family!r}")
@@ -107,7 +107,7 @@ def mixture_log_likelihood(model: MultimodalVAE, batch: Batch, loc: torch.Tensor
         per = {n: subset_average(v, w) for n, v in model.log_likelihoods(batch, Normal(loc, scale, validate_args=False).rsample()).items()}
     return sum(per.values()), per
 
-# %% ../nbs/04e_mopoe.ipynb #ec8b4433
+# %% ../nbs/04e_mopoe.ipynb #8dcca828
 PRIOR_EXPERT = ('full', 'none', 'all')
 
 class MoPoE(MultimodalVAE):
