@@ -13,6 +13,7 @@ MultiVae is imported only when installed (keep it out of the project's venv):
     echo "$PWD/.venv/lib/python3.11/site-packages" > .venv-bench/lib/python3.11/site-packages/_main_venv.pth
     .venv-bench/bin/pip install -c constraints.txt multivae
     OMP_NUM_THREADS=2 .venv-bench/bin/python bench/bench_mmvae_speed.py
+`--e2e` adds the end-to-end comparison: each library with its own networks and its own data path.
 Each repeat times `--steps` steps after `--warmup` steps; implementations are interleaved repeat by
 repeat so that machine noise hits both alike; best and median over repeats are reported.
 """
@@ -95,6 +96,65 @@ def make_multivae(data: dict, args, device):
     return model, step
 
 
+def make_ours_e2e(args, device, n: int = 2048):
+    "Ours end to end: uint8 images in a `MultimodalDataset`, our `BatchIterator` (device-resident, no per-item work)."
+    from mmvae_nb.multimodal import MultimodalDataset, BatchIterator
+    seed_everything(0)
+    g = torch.Generator().manual_seed(0)
+    data = {s.name: torch.randint(0, 256, (n, *s.shape), generator=g, dtype=torch.uint8) for s in SPECS}
+    ds = MultimodalDataset(data, SPECS, torch.randint(0, 10, (n,), generator=g))
+    model = MMVAE(build_modalities(SPECS, args.latent, weight='mmvae'), args.latent, K=args.K, objective=args.objective).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    it = BatchIterator(ds, batch_size=args.batch, shuffle=True, seed=0, device=device, drop_last=True)
+    batches = iter(())
+    def step():
+        nonlocal batches
+        b = next(batches, None)
+        if b is None: batches = iter(it); b = next(batches)
+        loss, _ = model.loss(b)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        return loss
+    return model, step
+
+
+def make_multivae_e2e(args, device, n: int = 2048):
+    "MultiVae as its docs use it: its own MNIST MLP / SVHN CNN, a `MultimodalBaseDataset` and a torch `DataLoader`."
+    try:
+        from multivae.models import MMVAE as MVMMVAE, MMVAEConfig
+        from multivae.data.datasets.base import MultimodalBaseDataset
+        from multivae.models.nn.default_architectures import Encoder_VAE_MLP, Decoder_AE_MLP
+        from multivae.models.nn.svhn import Encoder_VAE_SVHN, Decoder_VAE_SVHN
+        from pythae.models.base import BaseAEConfig
+    except ImportError:
+        return None
+    seed_everything(0)
+    g = torch.Generator().manual_seed(0)
+    data = {s.name: torch.randint(0, 256, (n, *s.shape), generator=g, dtype=torch.uint8).float() / 255 for s in SPECS}
+    ds = MultimodalBaseDataset(data=data, labels=torch.randint(0, 10, (n,), generator=g))
+    names = [s.name for s in SPECS]
+    cfg = MMVAEConfig(n_modalities=len(SPECS), latent_dim=args.latent, input_dims={s.name: s.shape for s in SPECS},
+                      decoders_dist={m: 'laplace' for m in names}, decoder_dist_params={m: {'scale': 0.75} for m in names},
+                      uses_likelihood_rescaling=True, rescale_factors=mmvae_weights(SPECS), K=args.K,
+                      prior_and_posterior_dist='laplace_with_softmax', learn_prior=True,
+                      loss='dreg_looser' if args.objective == 'dreg_looser' else 'iwae_looser')
+    c = {m: BaseAEConfig(input_dim=s.shape, latent_dim=args.latent) for m, s in zip(names, SPECS)}
+    enc = {'mnist': Encoder_VAE_MLP(c['mnist']), 'svhn': Encoder_VAE_SVHN(c['svhn'])}
+    dec = {'mnist': Decoder_AE_MLP(c['mnist']), 'svhn': Decoder_VAE_SVHN(c['svhn'])}
+    model = MVMMVAE(cfg, encoders=enc, decoders=dec).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True)
+    batches = iter(())
+    def step():
+        nonlocal batches
+        b = next(batches, None)
+        if b is None: batches = iter(loader); b = next(batches)
+        b.data = {k: v.to(device) for k, v in b.data.items()}
+        out = model(b)
+        opt.zero_grad(set_to_none=True); out.loss.backward(); opt.step()
+        return out.loss
+    return model, step
+
+
 def throughput(step, batch_size: int, warmup: int, steps: int, device, timer=time.perf_counter) -> float:
     "Samples per second of `timer` (wall clock, or process CPU time: robust to other processes on one thread)."
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
@@ -126,6 +186,9 @@ def main(argv=None):
                    help="'process' = CPU seconds of this process: with --threads 1 it ignores other load on a shared machine")
     p.add_argument('--channels-last', action='store_true', help='our model in channels_last memory format')
     p.add_argument('--no-multivae', action='store_true'); p.add_argument('--flops', action='store_true')
+    p.add_argument('--e2e', action='store_true', help="also time each library end to end as its docs use it: its own "
+                   "networks and data path (ours: uint8 MultimodalDataset + BatchIterator; MultiVae: its MNIST MLP / SVHN "
+                   "CNN, MultimodalBaseDataset + DataLoader)")
     args = p.parse_args(argv)
     threads = args.threads or int(os.environ.get('OMP_NUM_THREADS', 0)) or os.cpu_count()
     torch.set_num_threads(threads)
@@ -140,6 +203,10 @@ def main(argv=None):
             mv = make_multivae(data, args, dev)
             if mv is None: print('multivae: not installed')
             else: impls['multivae'] = mv
+        if args.e2e:
+            impls['ours-e2e'] = make_ours_e2e(args, dev)
+            mv = None if args.no_multivae else make_multivae_e2e(args, dev)
+            if mv is not None: impls['multivae-e2e'] = mv
         if args.flops:
             for name, (_, step) in impls.items(): print(f"{dev.type} {name}: {flops_per_sample(step, args.batch):.0f} MFLOP/sample")
         rates = {name: [] for name in impls}
@@ -151,9 +218,10 @@ def main(argv=None):
             summary[(dev.type, name)] = (max(rs), statistics.median(rs))
             print(f"{dev.type:4s} {name:9s} samples/s: best {max(rs):8.1f}  median {statistics.median(rs):8.1f}  "
                   f"(repeats: {', '.join(f'{x:.1f}' for x in rs)})")
-        if 'multivae' in rates:
-            b, m = summary[(dev.type, 'ours')], summary[(dev.type, 'multivae')]
-            print(f"{dev.type:4s} ours / multivae: best {b[0] / m[0]:.2f}x  median {b[1] / m[1]:.2f}x")
+        for a, b_ in (('ours', 'multivae'), ('ours-e2e', 'multivae-e2e')):
+            if a in rates and b_ in rates:
+                b, m = summary[(dev.type, a)], summary[(dev.type, b_)]
+                print(f"{dev.type:4s} {a} / {b_}: best {b[0] / m[0]:.2f}x  median {b[1] / m[1]:.2f}x")
     return summary
 
 
