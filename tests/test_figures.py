@@ -17,14 +17,7 @@ from mmvae_nb.multimodal import MultimodalDataset
 SPECS = (ModalitySpec('img', (1, 8, 8), 'image'), ModalitySpec('feat', (5,), 'features'))
 
 
-class Enc(nn.Module):
-    def __init__(self, n): super().__init__(); self.f = nn.Linear(n, 6)
-    def forward(self, x): return self.f(x.flatten(1)).chunk(2, -1)
-
-
-class Dec(nn.Module):
-    def __init__(self, shape): super().__init__(); self.shape = shape; self.f = nn.Linear(3, int(np.prod(shape)))
-    def forward(self, z): return torch.sigmoid(self.f(z)).view(-1, *self.shape)
+from toy import toy_modality
 
 
 class TinyMoE(MultimodalVAE):
@@ -36,7 +29,7 @@ class TinyMoE(MultimodalVAE):
 @pytest.fixture(scope='module')
 def setup():
     torch.manual_seed(0)
-    model = TinyMoE([Modality(s, Enc(int(np.prod(s.shape))), Dec(s.shape)) for s in SPECS], latent_dim=3)
+    model = TinyMoE([toy_modality(s, 3) for s in SPECS], latent_dim=3)
     ds = MultimodalDataset({'img': torch.rand(30, 1, 8, 8), 'feat': torch.rand(30, 5)}, SPECS, torch.arange(30) % 10, name='tiny')
     return model, ds
 

@@ -14,14 +14,7 @@ from mmvae_nb.models import Modality, meta_step
 from mmvae_nb.mmjsd import MMJSD, weighted_product_of_experts, jensen_shannon, js_weights, normalise_alphas
 
 
-class Enc(nn.Module):
-    def __init__(self, d_in, D): super().__init__(); self.f = nn.Linear(d_in, 2 * D)
-    def forward(self, x): return self.f(x.flatten(1).float()).chunk(2, -1)
-
-
-class Dec(nn.Module):
-    def __init__(self, D, shape): super().__init__(); self.shape = shape; self.f = nn.Linear(D, math.prod(shape))
-    def forward(self, z): return torch.sigmoid(self.f(z)).view(-1, *self.shape)
+from toy import LinearEncoder as Enc, LinearDecoder as Dec, latent_problem, assert_loss_falls
 
 
 SHAPES = {'a': (1, 3, 3), 'b': (2, 2, 2)}
@@ -136,18 +129,5 @@ def test_meta_step(estimator):
 
 def test_training_loss_falls():
     torch.manual_seed(0)
-    N, D = 256, 2
-    z = torch.randn(N, D)
-    A, B = torch.randn(D, 9) * 2, torch.randn(D, 8) * 2
-    data = {'a': torch.sigmoid(z @ A).view(N, 1, 3, 3), 'b': torch.sigmoid(z @ B).view(N, 2, 2, 2)}
-    mask = torch.ones(N, 2, dtype=torch.bool)
-    mask[:64, 1] = False; mask[64:128, 0] = False
-    model = MMJSD(mods(D), D, beta=1.0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for step in range(60):
-        idx = torch.randint(0, N, (64,))
-        b = Batch({n: x[idx] for n, x in data.items()}, mask[idx], ('a', 'b'))
-        loss, _ = model.loss(b)
-        opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
-    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5
+    data, mask = latent_problem(SHAPES, N=256, D=2)                    # partially observed items
+    assert_loss_falls(MMJSD(mods(2), 2, beta=1.0), data, mask)

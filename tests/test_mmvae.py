@@ -12,14 +12,7 @@ from mmvae_nb.models import Modality, meta_step, posterior_dist
 from mmvae_nb.mmvae import (MMVAE, OBJECTIVES, stacked_experts, moe_log_weights, moe_iwae, moe_iwae_looser, moe_elbo)
 
 
-class LinEnc(nn.Module):
-    def __init__(self, n, D): super().__init__(); self.f = nn.Linear(n, 2 * D)
-    def forward(self, x): return self.f(x.flatten(1)).chunk(2, -1)
-
-
-class LinDec(nn.Module):
-    def __init__(self, D, shape): super().__init__(); self.shape = shape; self.f = nn.Linear(D, math.prod(shape))
-    def forward(self, z): return torch.sigmoid(self.f(z)).view(-1, *self.shape)
+from toy import LinearEncoder as LinEnc, LinearDecoder as LinDec
 
 
 SPECS = (ModalitySpec('x', (1, 3, 3)), ModalitySpec('y', (2, 2, 2)))

@@ -8,13 +8,7 @@ from mmvae_nb.models import (likelihood_dist, Modality, UniformMixture, Prior, M
 from mmvae_nb.distributions import product_of_experts
 
 
-class Enc(nn.Module):
-    def __init__(self, d_in, D): super().__init__(); self.f = nn.Linear(d_in, 2 * D)
-    def forward(self, x): return self.f(x.flatten(1).float()).chunk(2, -1)
-
-class Dec(nn.Module):
-    def __init__(self, D, shape): super().__init__(); self.shape = shape; self.f = nn.Linear(D, math.prod(shape))
-    def forward(self, z): return torch.sigmoid(self.f(z)).view(-1, *self.shape)
+from toy import LinearEncoder as Enc, LinearDecoder as Dec
 
 class PoEModel(MultimodalVAE):
     def joint_posterior(self, batch):
