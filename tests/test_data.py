@@ -511,3 +511,13 @@ def test_real_fashion_mnist():
     if not D.available('fashion_mnist', REAL, 'test'): pytest.skip('Fashion-MNIST is neither under MMVAE_NB_DATA nor in /usr/share/datasets/fashion-mnist')
     te = D.load_fashion_mnist('test', REAL, download=False)
     assert torch.bincount(te.labels).tolist() == [1000] * 10
+
+
+def test_read_only_root_is_never_written_even_by_root(tmp_path):
+    from mmvae_nb.data import ensure_files, RawFile, MissingDataError
+    ro = tmp_path / 'ro'; ro.mkdir(); ro.chmod(0o555)           # like ../shared/data: r-x for everyone
+    try:
+        with pytest.raises(MissingDataError, match='read-only'):
+            ensure_files('SVHN', [RawFile('test_32x32.mat', url='https://example.org/test_32x32.mat')], ro, cache=tmp_path / 'c')
+        assert list(ro.iterdir()) == []                          # no folder, no partial file
+    finally: ro.chmod(0o755)
