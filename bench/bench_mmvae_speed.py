@@ -55,6 +55,17 @@ def make_ours(data: dict, args, device):
     return model, step
 
 
+def multivae_config(args):
+    "MultiVae's MMVAEConfig for the paper's MNIST-SVHN model (same likelihoods, rescaling, prior and objective as ours)."
+    from multivae.models import MMVAEConfig
+    names = [s.name for s in SPECS]
+    return MMVAEConfig(n_modalities=len(SPECS), latent_dim=args.latent, input_dims={s.name: s.shape for s in SPECS},
+                       decoders_dist={n: 'laplace' for n in names}, decoder_dist_params={n: {'scale': 0.75} for n in names},
+                       uses_likelihood_rescaling=True, rescale_factors=mmvae_weights(SPECS), K=args.K,
+                       prior_and_posterior_dist='laplace_with_softmax', learn_prior=True,
+                       loss='dreg_looser' if args.objective == 'dreg_looser' else 'iwae_looser')
+
+
 def make_multivae(data: dict, args, device):
     "MultiVae's MMVAE with our networks wrapped as pythae encoders/decoders, or None when MultiVae is not installed."
     try:
@@ -81,11 +92,7 @@ def make_multivae(data: dict, args, device):
     seed_everything(0)
     mods = build_modalities(SPECS, args.latent)
     names = [s.name for s in SPECS]
-    cfg = MMVAEConfig(n_modalities=len(SPECS), latent_dim=args.latent, input_dims={s.name: s.shape for s in SPECS},
-                      decoders_dist={n: 'laplace' for n in names}, decoder_dist_params={n: {'scale': 0.75} for n in names},
-                      uses_likelihood_rescaling=True, rescale_factors=mmvae_weights(SPECS), K=args.K,
-                      prior_and_posterior_dist='laplace_with_softmax', learn_prior=True,
-                      loss='dreg_looser' if args.objective == 'dreg_looser' else 'iwae_looser')
+    cfg = multivae_config(args)
     model = MVMMVAE(cfg, encoders={m.name: Enc(m.encoder) for m in mods}, decoders={m.name: Dec(m.decoder) for m in mods}).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)
     inputs = DatasetOutput(data=dict(data))
@@ -132,11 +139,7 @@ def make_multivae_e2e(args, device, n: int = 2048):
     data = {s.name: torch.randint(0, 256, (n, *s.shape), generator=g, dtype=torch.uint8).float() / 255 for s in SPECS}
     ds = MultimodalBaseDataset(data=data, labels=torch.randint(0, 10, (n,), generator=g))
     names = [s.name for s in SPECS]
-    cfg = MMVAEConfig(n_modalities=len(SPECS), latent_dim=args.latent, input_dims={s.name: s.shape for s in SPECS},
-                      decoders_dist={m: 'laplace' for m in names}, decoder_dist_params={m: {'scale': 0.75} for m in names},
-                      uses_likelihood_rescaling=True, rescale_factors=mmvae_weights(SPECS), K=args.K,
-                      prior_and_posterior_dist='laplace_with_softmax', learn_prior=True,
-                      loss='dreg_looser' if args.objective == 'dreg_looser' else 'iwae_looser')
+    cfg = multivae_config(args)
     c = {m: BaseAEConfig(input_dim=s.shape, latent_dim=args.latent) for m, s in zip(names, SPECS)}
     enc = {'mnist': Encoder_VAE_MLP(c['mnist']), 'svhn': Encoder_VAE_SVHN(c['svhn'])}
     dec = {'mnist': Decoder_AE_MLP(c['mnist']), 'svhn': Decoder_VAE_SVHN(c['svhn'])}

@@ -42,3 +42,19 @@ def assert_loss_falls(model, data: dict, mask, steps: int = 60, batch_size: int 
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - margin, f"loss did not fall: first 10 steps {first:.2f}, last 10 {last:.2f}"
     return losses
+
+
+def nan_hidden(batch: Batch) -> Batch:
+    "The batch with every unobserved entry replaced by NaN (a leak would turn results into NaN)."
+    return Batch({n: torch.where(batch.observed(n).view(-1, *[1] * (x.ndim - 1)), x, float('nan')) for n, x in batch.data.items()},
+                 batch.mask, batch.names, batch.labels, batch.index)
+
+
+def assert_unobserved_gets_no_gradient(model, batch: Batch, hidden: str):
+    "With `hidden` unobserved (and NaN) in every item, its networks get exactly zero gradient; the others some."
+    mask = torch.tensor([n != hidden for n in batch.names]).expand(len(batch), -1)   # every other modality observed
+    b = nan_hidden(Batch(batch.data, mask, batch.names))
+    model.zero_grad(); model.loss(b)[0].backward()
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0.0 for p in model.mods[hidden].parameters())
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for n in batch.names if n != hidden
+               for p in model.mods[n].parameters())
