@@ -58,3 +58,12 @@ def assert_unobserved_gets_no_gradient(model, batch: Batch, hidden: str):
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0.0 for p in model.mods[hidden].parameters())
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for n in batch.names if n != hidden
                for p in model.mods[n].parameters())
+
+
+def assert_loss_ignores_hidden(model, batch: Batch, seed: int = 3):
+    "The loss is the same when unobserved entries are NaN, and every gradient stays finite."
+    torch.manual_seed(seed); l1, _ = model.loss(batch)
+    torch.manual_seed(seed); l2, _ = model.loss(nan_hidden(batch))
+    assert torch.allclose(l1, l2)
+    model.zero_grad(); l2.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
