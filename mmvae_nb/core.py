@@ -52,13 +52,16 @@ def log_sum_exp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.
     "$\\log\\sum\\exp$ over `dim`, stabilised by subtracting the (detached) maximum."
     m = x.detach().amax(dim=dim, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf (or +inf) rows: avoid inf - inf
-    out = m + torch.log(torch.exp(x - m).sum(dim=dim, keepdim=True))
+    s = torch.exp(x - m).sum(dim=dim, keepdim=True)
+    # an empty sum (every entry -inf): value -inf, gradient 0 -- log(0) alone would back-propagate 0 * inf = NaN
+    empty = s == 0
+    out = torch.where(empty, torch.full_like(s, -math.inf), m + torch.log(torch.where(empty, torch.ones_like(s), s)))
     return out if keepdim else out.squeeze(dim)
 
 def log_mean_exp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
     "$\\log\\frac1K\\sum_k\\exp x_k$ over `dim` (size $K$): the estimator inside every IWAE bound."
     check(x.shape[dim] > 0, f"log_mean_exp over an empty dimension {dim} of shape {tuple(x.shape)}")
-    return torch.logsumexp(x, dim=dim, keepdim=keepdim) - math.log(x.shape[dim])
+    return log_sum_exp(x, dim=dim, keepdim=keepdim) - math.log(x.shape[dim])
 
 # %% ../nbs/00_core.ipynb #41ba9874
 @contextlib.contextmanager

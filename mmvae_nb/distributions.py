@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution, Normal, Laplace, kl_divergence
-from .core import check, check_positive, log_mean_exp
+from .core import check, check_positive, log_sum_exp, log_mean_exp
 
 # %% auto #0
 __all__ = ['diag_normal', 'normal_from_raw', 'softmax_laplace', 'kl_diag', 'product_of_experts', 'stratified_mixture_sample',
@@ -112,7 +112,7 @@ def mixture_log_prob(z: torch.Tensor, dists: Sequence[Distribution] | Distributi
     if _has_values(n_obs):
         check(bool((n_obs > 0).all()), f"empty expert set: {int((n_obs == 0).sum())} rows have no observed expert")
     lp = torch.where(mask, lp, torch.full_like(lp, -math.inf))
-    return torch.logsumexp(lp, dim=-1) - torch.log(n_obs.to(lp.dtype))
+    return log_sum_exp(lp, dim=-1) - torch.log(n_obs.to(lp.dtype))
 
 # %% ../nbs/01_distributions.ipynb #5f276072
 def _check_gaussian_pair(loc1, scale1, loc2, scale2):

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
-from torch.distributions import Distribution, Independent, Normal, Laplace, Bernoulli, Categorical
+from torch.distributions import Distribution, Independent, Normal, Laplace, Bernoulli, ContinuousBernoulli, Categorical
 from .core import ModalitySpec, Batch, check, check_finite
 from .distributions import product_of_experts, mixture_log_prob, softmax_laplace, normal_from_raw
 
@@ -18,7 +18,7 @@ __all__ = ['LIKELIHOODS', 'DECODE_CHUNK', 'POSTERIORS', 'default_likelihood', 'F
            'Modality', 'posterior_dist', 'UniformMixture', 'Prior', 'MultimodalVAE', 'meta_step', 'quick_fit']
 
 # %% ../nbs/04_models.ipynb #5d5338f4
-LIKELIHOODS = ('laplace', 'normal', 'bernoulli', 'categorical', 'sequence', 'binary')
+LIKELIHOODS = ('laplace', 'normal', 'bernoulli', 'continuous_bernoulli', 'categorical', 'sequence', 'binary')
 
 def default_likelihood(spec: ModalitySpec) -> str:
     "The papers' usual likelihood family for a kind of modality."
@@ -46,8 +46,10 @@ def likelihood_dist(family: str, params: torch.Tensor, event_dims: int, scale: f
         s = params.new_full((), scale)
         d = (Laplace if family == 'laplace' else Normal)(params, s.expand_as(params), validate_args=False)
         if event_dims: return FixedScaleLikelihood(d, event_dims, scale)
-    # intensities in [0, 1] (not binarised), as MVAE and JMVAE train: the log-prob is -BCE
+    # 'bernoulli' on intensities in [0, 1] (not binarised), as MVAE's and JMVAE's code train: the log-prob is -BCE,
+    # a proper log-probability only for binary data; 'continuous_bernoulli' adds the normaliser (a density on [0, 1])
     elif family in ('bernoulli', 'binary'): d = Bernoulli(logits=params, validate_args=False)
+    elif family == 'continuous_bernoulli': d = ContinuousBernoulli(logits=params, validate_args=False)
     elif family == 'categorical': return Categorical(logits=params, validate_args=False)
     else: d = Categorical(logits=params, validate_args=False); event_dims = 1  # sequence: one categorical per token
     return Independent(d, event_dims) if event_dims else d

@@ -364,16 +364,16 @@ def _constrained_derangement(key_row: torch.Tensor, key_item: torch.Tensor, g: t
     check(bool((key_item[p] != key_row).all()), "could not build an unrelated pairing; one class (or item) holds more than half the rows")
     return p
 
-def unrelated_pairs(dataset: MultimodalDataset, seed: int = 0, same_class_allowed: bool = False,
+def unrelated_pairs(dataset: MultimodalDataset, seed: int = 0, different_class: bool = False,
                     modality: str | None = None) -> MultimodalDataset:
-    "Re-pair `modality` (default: the last) so that no row keeps a related partner; `related` becomes all False."
+    "Randomly re-pair `modality` (default: the last), never with its own partner (`different_class`: never its class)."
     name = modality or dataset.modalities[-1]
     dataset.spec(name)
     check(len(dataset) >= 2, "unrelated_pairs needs at least 2 rows")
     items, lab = dataset.item_index(name).cpu(), dataset.labels_of(name).cpu()
-    if same_class_allowed: key_row, key_item = items, items
+    if not different_class: key_row, key_item = items, items
     else:
-        check(dataset.labels.ndim == 1, "unrelated_pairs by class needs (N,) labels; use same_class_allowed=True for multi-label data")
+        check(dataset.labels.ndim == 1, "unrelated_pairs(different_class=True) needs (N,) labels; use the default for multi-label data")
         key_row, key_item = dataset.labels.cpu(), lab
     # Hall's condition: the rows of each key need at least as many items of other keys
     u, inv = torch.unique(torch.cat([key_row, key_item]), return_inverse=True)
@@ -390,7 +390,7 @@ def unrelated_pairs(dataset: MultimodalDataset, seed: int = 0, same_class_allowe
 
 # %% ../nbs/03a_multimodal.ipynb #47d54d34
 def related_subset(dataset: MultimodalDataset, fraction: float, seed: int = 0, keep_unrelated: bool = False,
-                   same_class_allowed: bool = False) -> MultimodalDataset:
+                   different_class: bool = False) -> MultimodalDataset:
     "A random `fraction` of the rows, flagged related; with `keep_unrelated` the rest are re-paired as unrelated and kept."
     check(0.0 < fraction <= 1.0, f"fraction must be in (0, 1]; got {fraction}")
     perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
@@ -398,7 +398,7 @@ def related_subset(dataset: MultimodalDataset, fraction: float, seed: int = 0, k
     rel = dataset.subset(perm[:k].sort().values.to(dataset.device))
     rel = rel.replace(related=torch.ones(len(rel), dtype=torch.bool, device=dataset.device), name=f'{dataset.name}-related{fraction:g}')
     if not keep_unrelated or k == len(dataset): return rel
-    rest = unrelated_pairs(dataset.subset(perm[k:].sort().values.to(dataset.device)), seed=seed + 1, same_class_allowed=same_class_allowed)
+    rest = unrelated_pairs(dataset.subset(perm[k:].sort().values.to(dataset.device)), seed=seed + 1, different_class=different_class)
     return concat([rel, rest], name=f'{dataset.name}-related{fraction:g}-mixed')
 
 # %% ../nbs/03a_multimodal.ipynb #0aa8d7aa

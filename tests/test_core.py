@@ -21,6 +21,15 @@ def test_log_sum_exp_minus_infinity_entries():
     assert math.isclose(out[0].item(), math.log(4.), rel_tol=1e-6) and out[1].item() == -math.inf
     assert not torch.isnan(out).any()
 
+def test_log_sum_exp_empty_row_has_zero_gradient_where_torch_gives_nan():
+    x = torch.tensor([[0., -math.inf, math.log(3.)], [-math.inf] * 3])
+    a = x.clone().requires_grad_(); log_sum_exp(a).sum().backward()
+    assert torch.allclose(a.grad[0], torch.tensor([0.25, 0., 0.75])) and torch.equal(a.grad[1], torch.zeros(3))
+    a = x.clone().requires_grad_(); log_mean_exp(a).sum().backward()
+    assert torch.isfinite(a.grad).all()
+    b = x.clone().requires_grad_(); torch.logsumexp(b, -1).sum().backward()
+    assert torch.isnan(b.grad[1]).all()      # the reason the library does not call torch.logsumexp directly
+
 def test_log_mean_exp_is_lse_minus_log_k_and_gradient_is_softmax():
     a = (torch.randn(4, 9, dtype=torch.float64) * 1e4).requires_grad_()
     assert torch.allclose(log_mean_exp(a, 1), torch.logsumexp(a, 1) - math.log(9))

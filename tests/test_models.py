@@ -107,3 +107,15 @@ def test_bad_input_errors(model_and_batch):
 def test_meta_device_step(model_and_batch):
     model, batch = model_and_batch
     assert meta_step(copy.deepcopy(model), batch) == ()
+
+
+def test_continuous_bernoulli_is_normalised_and_bernoulli_is_not():
+    "02_elbo's argument: BCE on grey levels misses probability mass; the continuous Bernoulli integrates to one."
+    from mmvae_nb.models import likelihood_dist
+    grid = torch.linspace(0, 1, 20001)
+    for lam in (0.2, 0.5, 0.97):
+        logit = torch.full_like(grid, math.log(lam / (1 - lam)))
+        cb = likelihood_dist('continuous_bernoulli', logit, event_dims=0).log_prob(grid).exp()
+        b = likelihood_dist('bernoulli', logit, event_dims=0).log_prob(grid).exp()
+        assert abs(torch.trapezoid(cb, grid).item() - 1) < 1e-3
+        assert torch.trapezoid(b, grid).item() < 0.75

@@ -289,25 +289,34 @@ def paired_fake(dm=2):
                              rows={'p': ia, 'q': ib}), la, lb
 
 
-def test_unrelated_pairs_is_a_class_changing_permutation():
+def test_unrelated_pairs_different_class_is_a_class_changing_permutation():
     ds, la, lb = paired_fake()
-    un = unrelated_pairs(ds, seed=5)
+    un = unrelated_pairs(ds, seed=5, different_class=True)
     assert not un.related.any()
     assert bool((un.labels_of('q') != un.labels).all())
     assert torch.equal(lb[un.item_index('q')], un.labels_of('q'))
     assert torch.equal(un.item_index('p'), ds.item_index('p'))
     assert torch.equal(torch.bincount(un.item_index('q'), minlength=len(lb)), torch.bincount(ds.item_index('q'), minlength=len(lb)))
-    assert torch.equal(unrelated_pairs(ds, seed=5).item_index('q'), un.item_index('q'))
-    same_ok = unrelated_pairs(ds, seed=5, same_class_allowed=True)
-    assert bool((same_ok.item_index('q') != ds.item_index('q')).all())
-    un_p = unrelated_pairs(ds, seed=1, modality='p')
+    assert torch.equal(unrelated_pairs(ds, seed=5, different_class=True).item_index('q'), un.item_index('q'))
+    un_p = unrelated_pairs(ds, seed=1, modality='p', different_class=True)
     assert torch.equal(un_p.item_index('q'), ds.item_index('q')) and bool((un_p.labels_of('p') != un_p.labels).all())
+
+
+def test_unrelated_pairs_default_is_random_pairing():
+    "Seed 000: unrelated pairs are 'constructed through random pairing' -- same-class pairs occur at chance rate."
+    ds, la, lb = paired_fake()
+    un = unrelated_pairs(ds, seed=5)
+    assert not un.related.any()
+    assert bool((un.item_index('q') != ds.item_index('q')).all())          # never the original partner
+    same = (un.labels_of('q') == un.labels).float().mean().item()
+    assert 0.05 < same < 0.45                                                # 5 unbalanced classes: chance ~0.2
+    assert torch.equal(torch.bincount(un.item_index('q'), minlength=len(lb)), torch.bincount(ds.item_index('q'), minlength=len(lb)))
 
 
 def test_unrelated_pairs_infeasible():
     ds, _, _ = paired_fake()
     with pytest.raises(ValueError, match='no unrelated pairing exists'):
-        unrelated_pairs(ds.subset(ds.labels == 0))
+        unrelated_pairs(ds.subset(ds.labels == 0), different_class=True)
     with pytest.raises(ValueError, match='unknown modality'):
         unrelated_pairs(ds, modality='r')
 
@@ -319,7 +328,9 @@ def test_related_subset():
     mix = related_subset(ds, 0.3, seed=1, keep_unrelated=True)
     assert len(mix) == len(ds)
     assert abs(mix.related.float().mean().item() - 0.3) < 0.01
-    assert bool((mix.labels_of('q') == mix.labels)[mix.related].all()) and bool((mix.labels_of('q') != mix.labels)[~mix.related].all())
+    assert bool((mix.labels_of('q') == mix.labels)[mix.related].all())
+    strict = related_subset(ds, 0.3, seed=1, keep_unrelated=True, different_class=True)
+    assert bool((strict.labels_of('q') != strict.labels)[~strict.related].all())
     with pytest.raises(ValueError, match='fraction must be in'):
         related_subset(ds, 1.5)
 
