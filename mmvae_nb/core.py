@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['MODALITY_KINDS', 'default_device', 'seed_everything', 'check', 'check_positive', 'check_finite', 'log_sum_exp',
-           'log_mean_exp', 'atomic_write', 'atomic_torch_save', 'ModalitySpec', 'Batch']
+           'log_mean_exp', 'atomic_write', 'atomic_torch_save', 'ModalitySpec', 'check_values', 'Batch']
 
 # %% ../nbs/00_core.ipynb #ef3a7df0
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -104,6 +104,38 @@ class ModalitySpec:
         object.__setattr__(self, 'shape', tuple(int(s) for s in self.shape))
         if self.kind in ('categorical', 'sequence'):
             check(self.n_classes is not None and self.n_classes > 1, f"modality {self.name!r} of kind {self.kind!r} needs n_classes > 1")
+
+# %% ../nbs/00_core.ipynb #53ffe917
+def _first_bad(bad: torch.Tensor, index: torch.Tensor | None) -> str:
+    "Describe the first True row of `bad` (B,), with its dataset row if `index` is given."
+    r = int(bad.nonzero()[0, 0])
+    return f"row {r}" + (f" (dataset row {int(index[r])})" if index is not None else "") + f", {int(bad.sum())} of {len(bad)} rows in all"
+
+def check_values(spec: ModalitySpec, x: torch.Tensor, observed: torch.Tensor | None = None,
+                 index: torch.Tensor | None = None) -> torch.Tensor:
+    "Raise `ValueError` naming modality and row on non-finite values, images/binary data outside [0, 1], or ids outside the vocabulary."
+    if x.device.type == 'meta' or torch.compiler.is_compiling() or x.shape[0] == 0: return x
+    obs = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if observed is None else observed.to(x.device)
+    rows = lambda cond: cond.reshape(x.shape[0], -1).any(1) & obs
+    if x.is_floating_point():
+        bad = rows(~torch.isfinite(x))
+        if bool(bad.any()):
+            raise ValueError(f"modality {spec.name!r}: NaN or Inf values in {_first_bad(bad, index)}; "
+                             "clean the data or mark those items unobserved in the mask")
+        if spec.kind in ('image', 'binary'):
+            bad = rows((x < 0) | (x > 1))
+            if bool(bad.any()):
+                top = float(x[bad].max())
+                hint = " (uint8 images: divide by 255)" if top > 1.5 else ""
+                raise ValueError(f"modality {spec.name!r}: {spec.kind} values must lie in [0, 1]; {_first_bad(bad, index)} "
+                                 f"hold values in [{float(x[bad].min()):.4g}, {top:.4g}]{hint}")
+    elif spec.kind in ('categorical', 'sequence'):
+        bad = rows((x < 0) | (x >= spec.n_classes))
+        what = 'token ids' if spec.kind == 'sequence' else 'class indices'
+        if bool(bad.any()):
+            raise ValueError(f"modality {spec.name!r}: {what} must be in 0..{spec.n_classes - 1} (n_classes="
+                             f"{spec.n_classes}); {_first_bad(bad, index)} hold values in [{int(x[bad].min())}, {int(x[bad].max())}]")
+    return x
 
 # %% ../nbs/00_core.ipynb #7caa5dae
 @dataclass

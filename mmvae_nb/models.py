@@ -10,7 +10,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.distributions import Distribution, Independent, Normal, Laplace, Bernoulli, ContinuousBernoulli, Categorical
-from .core import ModalitySpec, Batch, check, check_finite
+from .core import ModalitySpec, Batch, check, check_finite, check_values
 from .distributions import product_of_experts, mixture_log_prob, softmax_laplace, normal_from_raw
 
 # %% auto #0
@@ -79,7 +79,12 @@ class Modality(nn.Module):
               f"modality {self.name!r} expects items of shape {self.spec.shape}; got a batch of shape {tuple(x.shape)}")
         if self.spec.kind in ('categorical', 'sequence'):
             check(not x.is_floating_point(), f"modality {self.name!r} expects integer class/token indices, got {x.dtype}")
-        else: check(x.is_floating_point(), f"modality {self.name!r} expects floating-point input, got {x.dtype} (convert uint8 images with /255)")
+        else:
+            check(x.is_floating_point(), f"modality {self.name!r} expects floating-point input, got {x.dtype} (convert uint8 images with /255)")
+            p = next(self.parameters(), None)
+            check(p is None or not p.is_floating_point() or x.dtype == p.dtype,
+                  f"modality {self.name!r}: input is {x.dtype} but the model's parameters are {p.dtype if p is not None else ''}; "
+                  f"convert the data (x.to({p.dtype if p is not None else ''})) or the model (model.to(dtype))")
 
     def encode(self, x: torch.Tensor):
         "Posterior parameters $(\\mu, \\rho)$, each (B, D)."
@@ -188,8 +193,11 @@ class MultimodalVAE(nn.Module):
         return self.prior_net()
 
     # --- input checks --------------------------------------------------------------------------
+    validate_values = True   # per-batch value checks (`core.check_values`: NaN/Inf, ranges, ids) in `loss`; False skips them
+
     def check_batch(self, batch: Batch):
-        "Raise `ValueError` on unknown modalities, wrong shapes, or items with no observed modality."
+        "Raise `ValueError` on unknown modalities, wrong shapes or dtypes, bad values, empty batches or items with nothing observed."
+        check(batch.mask.shape[0] > 0, "empty batch (0 items): a loss needs at least one item")
         unknown = [n for n in batch.names if n not in self.mods]
         check(not unknown, f"unknown modalities {unknown}; this model has {self.names}")
         missing = [n for n in self.names if n not in batch.names]
@@ -201,6 +209,8 @@ class MultimodalVAE(nn.Module):
                       f"modality {n!r} is marked observed but has no data in the batch")
             check(bool(batch.mask.any(1).all()), "every item needs at least one observed modality; "
                   f"{int((~batch.mask.any(1)).sum())} items have none")
+            if self.validate_values:
+                for n, x in batch.data.items(): check_values(self.mods[n].spec, x, batch.observed(n), batch.index)
 
     def observed_mask(self, batch: Batch) -> torch.Tensor:
         "(B, M) bool in `self.names` order."
@@ -298,6 +308,9 @@ def quick_fit(model: MultimodalVAE, dataset, steps: int, batch_size: int = 32, l
         for b in it:
             model.kl_scale = min(1., (len(losses) + 1) / warmup) if warmup else 1.
             loss, _ = model.loss(b)
+            check(bool(torch.isfinite(loss)), f"quick_fit: the loss is {loss.item()} at step {len(losses) + 1}; "
+                  "lower lr, or check the data (inputs are validated by model.loss unless model.validate_values is False)",
+                  FloatingPointError)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); losses.append(loss.item())
             if len(losses) == steps: break
     model.kl_scale = 1.
