@@ -99,13 +99,34 @@ class ModalitySpec:
     kind: str = 'image'
     n_classes: int | None = None   # categorical: classes; sequence: vocabulary size; binary: attributes
     arch: str | None = None        # e.g. 'mnist_mlp', 'svhn_cnn'; None = the default for the kind
+    vocab: tuple | None = field(default=None, repr=False)   # names of the tokens (sequence) or classes (categorical)
     def __post_init__(self):
         check(self.kind in MODALITY_KINDS, f"modality {self.name!r}: unknown kind {self.kind!r}; expected one of {MODALITY_KINDS}")
         object.__setattr__(self, 'shape', tuple(int(s) for s in self.shape))
         if self.kind in ('categorical', 'sequence'):
             check(self.n_classes is not None and self.n_classes > 1, f"modality {self.name!r} of kind {self.kind!r} needs n_classes > 1")
+        if self.vocab is not None:
+            object.__setattr__(self, 'vocab', tuple(str(w) for w in self.vocab))
+            check(self.kind in ('categorical', 'sequence') and len(self.vocab) == self.n_classes,
+                  f"modality {self.name!r}: a vocabulary needs a categorical or sequence kind and n_classes == len(vocab) "
+                  f"(got kind {self.kind!r}, n_classes {self.n_classes}, {len(self.vocab)} words)")
 
-# %% ../nbs/00_core.ipynb #53ffe917
+    def decode(self, x) -> list:
+        "Words for class indices (B,) or token ids (B, L): a string per item; '<pad>' is skipped, '<eos>' ends a caption."
+        check(self.kind in ('categorical', 'sequence'), f"modality {self.name!r} of kind {self.kind!r} holds no tokens to decode")
+        vocab = self.vocab or tuple(str(i) for i in range(self.n_classes))   # no vocabulary: show the ids
+        rows = torch.as_tensor(x).long().reshape(len(x), -1).tolist()
+        out = []
+        for r in rows:
+            words = []
+            for t in r:
+                w = vocab[t] if 0 <= t < len(vocab) else f'<{t}?>'
+                if w == '<eos>': break
+                if w != '<pad>': words.append(w)
+            out.append(' '.join(words))
+        return out
+
+# %% ../nbs/00_core.ipynb #7040d59c
 def _first_bad(bad: torch.Tensor, index: torch.Tensor | None) -> str:
     "Describe the first True row of `bad` (B,), with its dataset row if `index` is given."
     r = int(bad.nonzero()[0, 0])

@@ -229,7 +229,7 @@ class MultimodalVAE(nn.Module):
 
     def log_likelihoods(self, batch: Batch, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
         "$\\lambda_m \\log p(x_m\\mid z)$ (..., B) per modality with data, zero where $x_m$ is unobserved."
-        names = [n for n in (names or self.names) if n in batch.data]
+        names = [n for n in (self.names if names is None else names) if n in batch.data]
         out = {}
         for n, p in self.likelihoods(z, names).items():
             lp = p.log_prob(self.observed_data(batch, n))
@@ -242,7 +242,7 @@ class MultimodalVAE(nn.Module):
 
     def likelihoods(self, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
         "$p(x_m\\mid z)$ for `names` (default all), latents (..., B, D)."
-        return {n: self.mods[n].likelihood(z) for n in (names or self.names)}
+        return {n: self.mods[n].likelihood(z) for n in (self.names if names is None else names)}   # [] means none
 
     def loss(self, batch: Batch):
         "(scalar to minimise, dict of detached named terms)."

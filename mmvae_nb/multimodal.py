@@ -259,7 +259,7 @@ def cub_dataset(split: str = 'train', root=None) -> MultimodalDataset:
     n_img = int(img.max()) + 1 if len(img) else 0
     first = torch.zeros(n_img, dtype=torch.long).scatter_(0, img.flip(0), torch.arange(len(img)).flip(0))  # a row of each image
     specs = (ModalitySpec('image', tuple(fs.features.shape[1:]), 'features'),
-             ModalitySpec('caption', tuple(caps.shape[1:]), 'sequence', n_classes=len(fs.extra['vocab'])))
+             ModalitySpec('caption', tuple(caps.shape[1:]), 'sequence', n_classes=len(fs.extra['vocab']), vocab=fs.extra['vocab']))
     return MultimodalDataset({'image': fs.features[first], 'caption': caps}, specs, fs.labels, rows={'image': img},
                              name=f'cub-{split}')
 
