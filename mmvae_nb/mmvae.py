@@ -15,8 +15,9 @@ from .elbo import iwae_bound, dreg_surrogate, detach_dist
 from .models import Modality, MultimodalVAE, UniformMixture, posterior_dist
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'stacked_experts', 'moe_log_weights', 'moe_iwae', 'moe_iwae_looser', 'moe_elbo', 'moe_dreg_looser',
-           'moe_dreg', 'MoEWeights', 'MMVAE']
+__all__ = ['MIXTURE_GRAD_ESTIMATORS', 'OBJECTIVES', 'stacked_experts', 'moe_log_weights', 'moe_iwae', 'moe_iwae_looser',
+           'moe_elbo', 'moe_dreg_looser', 'moe_dreg', 'moe_dreg_looser_unbiased', 'mixture_grad_samples',
+           'paired_z_scores', 'MoEWeights', 'MMVAE']
 
 # %% ../nbs/04d_mmvae.ipynb #e56b46b6
 def stacked_experts(locs: torch.Tensor, raw_scales: torch.Tensor, family: str = 'laplace_softmax') -> Distribution:
@@ -78,8 +79,76 @@ def moe_dreg(lw: torch.Tensor, z_flat: torch.Tensor, mask: torch.Tensor) -> torc
     # masked entries hold the lowest float: weight exactly 0 and 0 * lowest = 0 (a -inf would give NaN)
     return dreg_surrogate(_masked_log_weights(lw, mask).reshape(E * K, B), z_flat, dim=0)
 
+# %% ../nbs/04d_mmvae.ipynb #1086b55e
+def _leave_one_out_lse(lw: torch.Tensor) -> torch.Tensor:
+    "(E, K, B) -> (E, K, B): $\\log\\sum_{k'\\ne k} w^{k'}$ within each expert ($-\\infty$ when K = 1)."
+    eye = torch.eye(lw.shape[1], dtype=torch.bool, device=lw.device)
+    return torch.logsumexp(torch.where(eye[:, :, None], -torch.inf, lw.unsqueeze(1)), 2)
+
+def moe_dreg_looser_unbiased(lw: torch.Tensor, z: torch.Tensor, experts: Distribution, mask: torch.Tensor,
+                             reg_scale: float = 1.0) -> torch.Tensor:
+    "Unbiased DReG surrogate (U) of the looser bound (B,); `lw` from `z` (E, K, B, D) with q detached, `experts` (E, B, D)."
+    _check_lw(lw, mask)
+    check(z.shape[:3] == lw.shape, f"z must be (E, K, B, D) with (E, K, B) = {tuple(lw.shape)}; got {tuple(z.shape)}")
+    obs = mask.T.unsqueeze(1)                                          # (E, 1, B)
+    c = _expert_weights(mask, lw.dtype).unsqueeze(1)                   # (E, 1, B): 1/|S| on observed experts
+    lw_obs = torch.where(obs, lw, 0.)                                  # unobserved experts' samples reach no number
+    surrogate = (c * torch.softmax(lw_obs.detach(), 1) * lw_obs).sum((0, 1))
+    if not (z.requires_grad and torch.is_grad_enabled()): return surrogate
+    # f[j, k, b, m] = f_m^k(z_j^k): z_j^k against expert m's other K-1 samples
+    f = torch.sigmoid(lw_obs.unsqueeze(-1) - _leave_one_out_lse(lw_obs.detach()).permute(1, 2, 0))
+    log_q = detach_dist(experts).log_prob(z.unsqueeze(-3)).sum(-1).movedim(2, -1)   # (E, K, B, E): log q_m(z_j^k)
+    r = torch.softmax(torch.where(mask, log_q, -torch.inf), -1)        # responsibilities of the observed experts
+    g, = torch.autograd.grad((c * (f * r).sum(-1)).sum(), z, retain_graph=True)
+    return surrogate - reg_scale * (g.detach() * z).flatten(3).sum(-1).sum((0, 1))
+
+# %% ../nbs/04d_mmvae.ipynb #1c1f19fc
+MIXTURE_GRAD_ESTIMATORS = ('iwae_looser', 'dreg_looser', 'dreg_looser_unbiased', 'dreg_looser_no_detach', 'iwae', 'dreg')
+
+def _pair_toy(dtype=torch.float64):
+    "The two-modality linear-Gaussian toy (latent dim 1): data and parameters, named `enc_m.*` / `dec_m.*`."
+    t = lambda v: torch.tensor(v, dtype=dtype)
+    xs = {'a': t([1.0, -0.5]), 'b': t([0.3, 0.8])}
+    params = {'enc_a.A': t([[0.5, 0.1]]), 'enc_a.c': t([0.2]), 'enc_a.h': t([-0.5]),
+              'enc_b.A': t([[-0.3, 0.6]]), 'enc_b.c': t([-0.4]), 'enc_b.h': t([0.0]),
+              'dec_a.W': t([[1.2], [0.4]]), 'dec_a.b': t([0., 0.]), 'dec_b.W': t([[-0.7], [1.0]]), 'dec_b.b': t([0.1, 0.])}
+    return xs, params
+
+def mixture_grad_samples(estimator: str, n_observed: int, K: int, n_reps: int, seed: int = 0, reg_scale: float = 1.0) -> dict:
+    "`n_reps` independent gradient estimates of the stratified bound on the toy (b hidden if `n_observed` = 1): name -> (n_reps, size)."
+    check(estimator in MIXTURE_GRAD_ESTIMATORS, f"unknown estimator {estimator!r}; expected one of {MIXTURE_GRAD_ESTIMATORS}")
+    check(n_observed in (1, 2) and K >= 1 and n_reps >= 2, f"need n_observed in (1, 2), K >= 1, n_reps >= 2; got {n_observed}, {K}, {n_reps}")
+    xs, params = _pair_toy()
+    P = {k: v.expand(n_reps, *v.shape).clone().requires_grad_() for k, v in params.items()}   # one copy per repeat
+    locs = torch.stack([P[f'enc_{m}.A'] @ x + P[f'enc_{m}.c'] for m, x in xs.items()])         # (E=2, R, 1)
+    q = stacked_experts(locs, torch.stack([P[f'enc_{m}.h'] for m in xs]), 'normal')
+    mask = torch.tensor([True, n_observed == 2]).expand(n_reps, 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); zs = stratified_mixture_sample(q, K)                           # (E, K, R, 1)
+    z_flat = zs.flatten(0, 1)                                          # the full `dreg` hooks the flat samples
+    z = z_flat.unflatten(0, zs.shape[:2]) if estimator == 'dreg' else zs
+    log_lik = sum(torch.where(mask[:, i], torch.distributions.Normal(
+        torch.einsum('ekrd,rnd->ekrn', z, P[f'dec_{m}.W']) + P[f'dec_{m}.b'], 0.6).log_prob(x).sum(-1), 0.)
+        for i, (m, x) in enumerate(xs.items()))
+    prior = torch.distributions.Independent(torch.distributions.Normal(locs.new_zeros(1), locs.new_ones(1)), 1)
+    detach = estimator not in ('iwae_looser', 'iwae', 'dreg_looser_no_detach')
+    lw = moe_log_weights(z, detach_dist(q) if detach else q, prior, log_lik, mask, reg_scale)
+    if estimator == 'iwae_looser': obj = moe_iwae_looser(lw, mask)
+    elif estimator == 'iwae': obj = moe_iwae(lw, mask)
+    elif estimator == 'dreg': obj = moe_dreg(lw, z_flat, mask)
+    elif estimator == 'dreg_looser_unbiased': obj = moe_dreg_looser_unbiased(lw, z, q, mask, reg_scale)
+    else: obj = moe_dreg_looser(lw, z, mask)
+    grads = torch.autograd.grad(obj.sum(), list(P.values()), allow_unused=True)
+    return {k: (torch.zeros_like(v) if g is None else g).reshape(n_reps, -1) for (k, v), g in zip(P.items(), grads)}
+
+def paired_z_scores(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    "z-score of the mean over repeats of `est - ref` (n_reps, size), per column; 0 where the two agree exactly."
+    d = est - ref
+    se = d.std(0) / math.sqrt(d.shape[0])
+    return torch.where(se > 0, d.mean(0) / se.clamp_min(torch.finfo(d.dtype).tiny), 0.)
+
 # %% ../nbs/04d_mmvae.ipynb #ccd0b30f
-OBJECTIVES = ('dreg_looser', 'iwae_looser', 'dreg', 'iwae', 'elbo')
+OBJECTIVES = ('dreg_looser', 'iwae_looser', 'dreg', 'iwae', 'elbo', 'dreg_looser_unbiased')
 
 class MoEWeights(NamedTuple):
     "Stratified samples and log-weights of one batch."
@@ -87,6 +156,7 @@ class MoEWeights(NamedTuple):
     z: torch.Tensor           # the samples lw was computed from: (E, K, B, D), or (E*K, B, D) if `flat`
     mask: torch.Tensor        # (B, E) observed experts
     log_lik: dict             # name -> (E, K, B) weighted log-likelihood, 0 where unobserved
+    experts: Distribution     # the stacked posteriors (E, B, D) the samples were drawn from
 
 class MMVAE(MultimodalVAE):
     "Shi et al. (2019): uniform mixture of unimodal experts trained with a stratified IWAE/DReG bound."
@@ -129,17 +199,18 @@ class MMVAE(MultimodalVAE):
         log_lik = self.log_likelihoods(batch, z, names)                  # each decoder sees all E*K*B latents
         lw = moe_log_weights(z, detach_dist(q) if detach_q else q, self.prior(), sum(log_lik.values()),
                              mask, self.beta * self.kl_scale)
-        return MoEWeights(lw, z_out, mask, log_lik)
+        return MoEWeights(lw, z_out, mask, log_lik, q)
 
     def loss(self, batch: Batch):
         "Minus the chosen bound, averaged over the batch (DReG: same value, DReG gradients)."
         self.check_batch(batch)
         obj = self.objective
         dreg = obj.startswith('dreg')
-        lw, z, mask, log_lik = self.log_weights(batch, detach_q=dreg, flat=obj == 'dreg')
+        lw, z, mask, log_lik, q = self.log_weights(batch, detach_q=dreg, flat=obj == 'dreg')
         bound_fn = moe_iwae if obj in ('dreg', 'iwae') else (moe_elbo if obj == 'elbo' else moe_iwae_looser)
+        if obj == 'dreg_looser_unbiased': s = moe_dreg_looser_unbiased(lw, z, q, mask, self.beta * self.kl_scale)
+        elif dreg: s = (moe_dreg if obj == 'dreg' else moe_dreg_looser)(lw, z, mask)
         if dreg:
-            s = (moe_dreg if obj == 'dreg' else moe_dreg_looser)(lw, z, mask)
             bound = s - s.detach() + bound_fn(lw.detach(), mask)         # value: the bound; gradient: DReG
         else: bound = bound_fn(lw, mask)
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""MMVAE (Shi et al. 2019): mixture density, stratified bounds, DReG gradient paths, masks, meta device, training."""
+"""MMVAE (Shi et al. 2019): mixture density, stratified bounds, DReG gradient paths and bias, masks, meta device, training."""
 import math
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from mmvae_nb.core import Batch, ModalitySpec, seed_everything, log_mean_exp
 from mmvae_nb.distributions import mixture_log_prob, stratified_mixture_sample
 from mmvae_nb.elbo import iwae_bound
 from mmvae_nb.models import Modality, meta_step, posterior_dist
-from mmvae_nb.mmvae import (MMVAE, OBJECTIVES, stacked_experts, moe_log_weights, moe_iwae, moe_iwae_looser, moe_elbo)
+from mmvae_nb.mmvae import (MMVAE, OBJECTIVES, stacked_experts, moe_log_weights, moe_iwae, moe_iwae_looser, moe_elbo,
+                            mixture_grad_samples, paired_z_scores)
 
 
 from toy import LinearEncoder as LinEnc, LinearDecoder as LinDec
@@ -69,7 +70,7 @@ def test_log_weights_match_brute_force():
     seed_everything(2)
     model, batch = make_model(K=3), make_batch()
     with torch.no_grad():
-        lw, z, mask, _ = model.log_weights(batch)
+        lw, z, mask, _, _ = model.log_weights(batch)
         names = ('x', 'y')
         qs = {n: posterior_dist(*model.mods[n].encode(batch.data[n]), 'laplace_softmax') for n in names}
         for e in range(2):
@@ -112,7 +113,7 @@ def test_dreg_gradient_paths(joint):
         else: assert torch.allclose(gd[n], gi[n], atol=1e-5), n
     # encoder path by hand: sum c w~^2 dlw/dz dz/dphi
     seed_everything(5)
-    lw, z, mask, _ = model.log_weights(batch, detach_q=True)
+    lw, z, mask, _, _ = model.log_weights(batch, detach_q=True)
     E, K, B = lw.shape
     m = mask.T.to(lw.dtype)
     if joint:
@@ -191,3 +192,53 @@ def test_one_epoch_of_training_lowers_the_loss():
             opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
             assert torch.isfinite(loss) and set(terms) == {'bound', 'elbo', 'loglik_x', 'loglik_y'}
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+
+
+# DReG bias on the two-modality linear-Gaussian toy (04d, "Is DReG unbiased for the mixture?"): paired z-scores of
+# each estimator's mean encoder gradient against the plain reparameterised gradient of the same bound, 20 000 repeats.
+_TOY_REPS, _TOY_K, _TOY_SEED = 20000, 4, 2
+_toy_refs = {}
+
+
+def _toy_max_z(estimator, n_observed, K=_TOY_K, reg_scale=1.0):
+    ref = 'iwae' if estimator == 'dreg' else 'iwae_looser'
+    key = (ref, n_observed, K, reg_scale)
+    if key not in _toy_refs: _toy_refs[key] = mixture_grad_samples(ref, n_observed, K, _TOY_REPS, _TOY_SEED, reg_scale)
+    g, g0 = mixture_grad_samples(estimator, n_observed, K, _TOY_REPS, _TOY_SEED, reg_scale), _toy_refs[key]
+    for n in g:   # decoder path: the IWAE's, sample by sample
+        if n.startswith('dec'): assert torch.allclose(g[n], g0[n], rtol=0, atol=1e-10), (estimator, n)
+    return max(paired_z_scores(g[n], g0[n]).abs().max().item() for n in g if n.startswith('enc'))
+
+
+def test_dreg_is_unbiased_with_one_modality():
+    assert _toy_max_z('dreg_looser', 1) < 4.5
+    assert _toy_max_z('dreg_looser_unbiased', 1) < 4.5
+    assert _toy_max_z('dreg_looser_no_detach', 1) > 100         # without the stop-gradient on q: far off
+
+
+def test_paper_dreg_is_biased_with_two_modalities():
+    assert _toy_max_z('dreg_looser', 2) > 10                     # the default (paper) estimator, K = 4
+    assert _toy_max_z('dreg', 2, K=1) > 7                        # the full stratified one, even at K = 1
+    assert _toy_max_z('dreg_looser', 2, K=1) < 4.5               # ...while the looser one is exact at K = 1
+
+
+def test_unbiased_dreg_looser_with_two_modalities_and_kl_scale():
+    assert _toy_max_z('dreg_looser_unbiased', 2) < 4.5
+    assert _toy_max_z('dreg_looser_unbiased', 1, reg_scale=0.5) < 4.5
+    assert _toy_max_z('dreg_looser', 1, reg_scale=0.5) > 10      # Tucker's w~^2 assumes the factor 1 on log q
+
+
+def test_unbiased_dreg_looser_in_the_model():
+    seed_everything(6)
+    model, batch = make_model(K=3), make_batch()
+    g_u, g_i, g_d = (_grads(model, batch, o) for o in ('dreg_looser_unbiased', 'iwae_looser', 'dreg_looser'))
+    model.objective = 'dreg_looser_unbiased'; seed_everything(5); l_u = model.loss(batch)[0]
+    model.objective = 'iwae_looser'; seed_everything(5); l_i = model.loss(batch)[0]
+    assert torch.allclose(l_u, l_i)                              # the value is the looser bound
+    for n in g_i:
+        if 'encoder' not in n: assert torch.allclose(g_u[n], g_i[n], atol=1e-5), n
+    assert not all(torch.allclose(g_u[n], g_d[n], atol=1e-5) for n in g_d if 'encoder' in n)
+    for b, K in ((batch.subset(MASK.sum(1) == 1), 3), (batch, 1)):   # one modality per item, or K = 1: the paper's DReG
+        model.K = K
+        g_u, g_d = _grads(model, b, 'dreg_looser_unbiased'), _grads(model, b, 'dreg_looser')
+        for n in g_d: assert torch.allclose(g_u[n], g_d[n], atol=1e-5), (K, n)
