@@ -23,7 +23,7 @@ __all__ = ['MMVAE_PLUS_OBJECTIVES', 'experts_on_joint', 'decoder_input', 'mmvae_
 def experts_on_joint(qz: Distribution, qw: Distribution, slots: Sequence[int], aux: Distribution) -> Distribution:
     "Experts $\\tilde q_m$ over $v = [z, w_1..w_M]$ as one factorised distribution (E, B, Dz + M*Dw); `slots[e]` = expert e's modality index."
     E, B, Dw = qw.batch_shape
-    M = aux.batch_shape[0]
+    M = aux.batch_shape[-2]                                              # aux: (M, Dw), or (B, M, Dw) per item
     check(len(slots) == E and all(0 <= s < M for s in slots), f"slots {list(slots)} must give each of the {E} experts a modality index < {M}")
     own = torch.zeros(E, M, dtype=torch.bool, device=qw.loc.device)
     own[torch.arange(E, device=own.device), torch.as_tensor(list(slots), device=own.device)] = True
@@ -128,6 +128,16 @@ class MMVAEPlus(MultimodalVAE):
         qs = self.unimodal_posteriors(batch)
         return SharedPrivateMixture(list(qs.values()), torch.stack([batch.observed(n) for n in qs], -1),
                                     [self.names.index(n) for n in qs], self.dz, self.dw)
+
+    def importance_proposal(self, batch: Batch) -> SharedPrivateMixture:
+        "`joint_posterior` with $p(w_d)$ in place of $r_d$ in each item's unobserved blocks: the proposal for IWAE estimates of $\\log p(x_S)$."
+        _, qz, qw, mask, slots = self.experts(batch)
+        r, pw = self.aux(), self.prior_net.w().base_dist
+        obs = self.observed_mask(batch)[..., None]                                 # (B, M, 1)
+        fill = type(r)(torch.where(obs, r.loc, pw.loc), torch.where(obs, r.scale, pw.scale), validate_args=False)
+        qv = experts_on_joint(qz, qw, slots, fill)                                 # r_d where d is observed, p(w_d) elsewhere
+        return SharedPrivateMixture([Independent(type(qv)(l, s, validate_args=False), 1) for l, s in zip(qv.loc, qv.scale)],
+                                    mask, slots, self.dz, self.dw)
 
     def likelihoods(self, v: torch.Tensor, names: Sequence[str] | None = None) -> dict:
         "$p(x_d\\mid w_d, z)$ for joint vectors v (..., B, Dz + M*Dw)."

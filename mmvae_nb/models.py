@@ -240,6 +240,10 @@ class MultimodalVAE(nn.Module):
         "$q(z\\mid x_S)$ given each item's observed subset $S$: the model's aggregation."
         raise NotImplementedError
 
+    def importance_proposal(self, batch: Batch) -> Distribution:
+        "Proposal for importance-sampled likelihoods (`metrics`): the joint posterior unless a model knows a better one."
+        return self.joint_posterior(batch)
+
     def likelihoods(self, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
         "$p(x_m\\mid z)$ for `names` (default all), latents (..., B, D)."
         return {n: self.mods[n].likelihood(z) for n in (self.names if names is None else names)}   # [] means none
