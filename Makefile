@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch/torchvision are pinned in constraints.txt (on these machines pip serves them from local disk).
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test venv export-check nbtest pytest clean-nbs bench
+.PHONY: demo test venv export-check nbtest pytest clean-nbs bench gpu-check
 
 venv: $(STAMP)
 
@@ -46,4 +46,10 @@ clean-nbs: $(STAMP)
 	$(VENV)/bin/nbdev_clean
 
 bench: $(STAMP)
-	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f; done
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+
+# On a CUDA machine: the prepared GPU check (<= 8 min; bench/gpu_check.py says what it checks). Without CUDA: its
+# dry run (tiny steps on the CPU, CUDA-only parts skipped and named). Writes gpu_check.{json,md,log} to GPU_CHECK_OUT.
+GPU_CHECK_OUT ?= out/gpu_check
+gpu-check: $(STAMP)
+	PYTHONUNBUFFERED=1 $(PY) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)

@@ -72,7 +72,7 @@ def dreg_surrogate(log_w: torch.Tensor, z: torch.Tensor, dim: int = 0) -> torch.
     w = torch.softmax(log_w.detach(), dim=dim)                  # normalised weights, no gradient
     if z.requires_grad and torch.is_grad_enabled():
         w_z = w.reshape(*w.shape, *([1] * (z.ndim - w.ndim)))   # broadcast over z's event dims
-        z.register_hook(lambda grad: grad * w_z)
+        z.register_hook(lambda grad: (grad * w_z).to(grad.dtype))   # under AMP the weights may be wider than grad
     return (w * log_w).sum(dim)
 
 # %% ../nbs/02_elbo.ipynb #4744ee89

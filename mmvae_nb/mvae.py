@@ -111,13 +111,14 @@ def _mvae_loss(self: MVAE, batch: Batch, subs: Sequence[Sequence[str]] | None = 
     q = Independent(Normal(loc, scale, validate_args=False), 1)                 # batch (S, B)
     z = q.rsample((self.K,))                                                    # (K, S, B, D)
     kl = kl_divergence(q, self.prior())                                         # (S, B)
-    log_px = torch.zeros(self.K, S, len(batch), dtype=z.dtype, device=z.device)
+    # at least float32: under AMP (bf16 z) the summed log-likelihoods would lose their precision
+    log_px = torch.zeros(self.K, S, len(batch), dtype=torch.promote_types(z.dtype, torch.float32), device=z.device)
     for n in present:
         rows = [j for j, s in enumerate(subs) if n in s]                        # subsets containing n (host-side)
         if not rows: continue
         rows = torch.tensor(rows, device=dev)
         lp = self.log_likelihoods(batch, z[:, rows], [n])[n]                   # (K, S_n, B), 0 where unobserved
-        log_px = log_px.index_add(1, rows, lp)
+        log_px = log_px.index_add(1, rows, lp.to(log_px.dtype))
     elbos = elbo_kl(log_px, self.beta * self.kl_scale * kl)                    # (S, B)
     objective = subsampled_elbo(elbos, valid)
     loss = -objective.mean()

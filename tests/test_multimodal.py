@@ -397,6 +397,7 @@ def test_iterator_distributed_shards():
         BatchIterator(ds, 4, rank=2, world_size=2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_iterator_device_resident_on_gpu():
     ds = two_modal(64)
