@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c249ac8d
 from __future__ import annotations
-import math, os, random, tempfile, contextlib
+import math, os, random, tempfile, contextlib, time
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['MODALITY_KINDS', 'default_device', 'seed_everything', 'check', 'check_positive', 'check_finite', 'log_sum_exp',
-           'log_mean_exp', 'atomic_write', 'atomic_torch_save', 'ModalitySpec', 'check_values', 'Batch']
+           'log_mean_exp', 'atomic_write', 'atomic_torch_save', 'remove_orphan_temps', 'ModalitySpec', 'check_values',
+           'Batch']
 
 # %% ../nbs/00_core.ipynb #ef3a7df0
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -68,7 +69,8 @@ def log_mean_exp(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch
 def atomic_write(path, mode: str = 'wb'):
     "Context manager yielding a file object; on success the content replaces `path` atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    # the writer's pid in the name lets `remove_orphan_temps` tell a live write from a killed one
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=path.parent)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would (0666 & ~umask)
     umask = os.umask(0); os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
@@ -85,6 +87,24 @@ def atomic_torch_save(obj, path):
     "`torch.save` that never leaves a partial file at `path`."
     with atomic_write(path, 'wb') as f: torch.save(obj, f)
     return Path(path)
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True     # exists, owned by someone else
+    return True
+
+def remove_orphan_temps(folder, max_age_s: float = 86400.) -> list:
+    "Delete `atomic_write` temporaries in `folder` left by killed processes (writer gone, or older than `max_age_s`)."
+    removed = []
+    for p in Path(folder).glob('.*.tmp'):
+        parts = p.name.split('.')               # ['', name..., pid, random, 'tmp']
+        pid = int(parts[-3]) if len(parts) >= 5 and parts[-3].isdigit() else None
+        try: old = time.time() - p.stat().st_mtime > max_age_s
+        except FileNotFoundError: continue      # its writer just finished
+        if old or (pid is not None and pid != os.getpid() and not _pid_alive(pid)):
+            with contextlib.suppress(FileNotFoundError): p.unlink(); removed.append(p)
+    return removed
 
 # %% ../nbs/00_core.ipynb #65a848be
 from dataclasses import dataclass, field

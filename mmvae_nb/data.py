@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import atomic_write, atomic_torch_save, check
+from .core import atomic_write, atomic_torch_save, check, remove_orphan_temps
 
 # %% auto #0
-__all__ = ['ENV_DATA', 'ENV_CACHE', 'CACHE_VERSION', 'MNIST_URL', 'MNIST_FILES', 'FASHION_URL', 'FASHION_FILES',
-           'FASHION_SYSTEM_DIR', 'FASHION_CONTENT_MD5', 'FASHION_CLASSES', 'KANNADA_FILES', 'HODA_FILES', 'SVHN_FILES',
-           'CELEBA_FILES', 'CELEBA_ZIP', 'CELEBA_SPLITS', 'CUB_SPECIALS', 'POLYMNIST_SOURCE', 'FSDD_SOURCE', 'DATASETS',
-           'SPLITS', 'data_root', 'cache_dir', 'MissingDataError', 'ChecksumError', 'RawFile', 'file_digests',
-           'file_digest', 'download_file', 'verify_files', 'ensure_files', 'ImageSet', 'FeatureSet', 'cache_path',
-           'cached', 'raw_digests', 'stat_fingerprint', 'read_idx', 'write_idx', 'load_mnist', 'load_fashion_mnist',
-           'load_kannada', 'read_cdb', 'decode_cdb_runs', 'fit_to_canvas', 'read_hoda_mat', 'load_hoda', 'load_svhn',
-           'load_celeba', 'tokenize', 'build_vocab', 'encode_captions', 'load_cub', 'load_polymnist', 'write_polymnist',
-           'procedural_backgrounds', 'build_polymnist', 'mfcc_summary', 'load_fsdd', 'available', 'show_grid',
-           'show_features']
+__all__ = ['ENV_DATA', 'ENV_CACHE', 'ENV_VERIFY', 'VERIFY_BELOW', 'CACHE_VERSION', 'MNIST_URL', 'MNIST_FILES', 'FASHION_URL',
+           'FASHION_FILES', 'FASHION_SYSTEM_DIR', 'FASHION_CONTENT_MD5', 'FASHION_CLASSES', 'KANNADA_FILES',
+           'HODA_FILES', 'SVHN_FILES', 'CELEBA_FILES', 'CELEBA_ZIP', 'CELEBA_SPLITS', 'CUB_SPECIALS',
+           'POLYMNIST_SOURCE', 'FSDD_SOURCE', 'DATASETS', 'SPLITS', 'data_root', 'cache_dir', 'MissingDataError',
+           'ChecksumError', 'RawFile', 'file_digests', 'file_digest', 'download_file', 'verify_files', 'ensure_files',
+           'ImageSet', 'FeatureSet', 'cache_path', 'content_digest', 'cached', 'raw_digests', 'stat_fingerprint',
+           'read_idx', 'write_idx', 'load_mnist', 'load_fashion_mnist', 'load_kannada', 'read_cdb', 'decode_cdb_runs',
+           'fit_to_canvas', 'read_hoda_mat', 'load_hoda', 'load_svhn', 'load_celeba', 'tokenize', 'build_vocab',
+           'encode_captions', 'load_cub', 'load_polymnist', 'write_polymnist', 'procedural_backgrounds',
+           'build_polymnist', 'mfcc_summary', 'load_fsdd', 'available', 'show_grid', 'show_features']
 
 # %% ../nbs/03_data.ipynb #91d2c358
 ENV_DATA, ENV_CACHE = 'MMVAE_NB_DATA', 'MMVAE_NB_CACHE'
@@ -78,8 +78,17 @@ def _hash_file(path: Path, algo: str) -> str:
 
 def _digest_index(cache) -> Path: return cache_dir(cache)/'verified-digests.json'
 
-def file_digests(paths, algo: str = 'sha256', cache=None) -> list[str]:
-    "Digests of `paths`, reusing results cached by (absolute path, size, mtime) so unchanged files are not reread."
+ENV_VERIFY = 'MMVAE_NB_VERIFY'   # "1": rehash every raw file on every load (the CLI's --verify)
+VERIFY_BELOW = 256 * 2**20       # files smaller than this are rehashed on their first use in each process
+_hashed_this_process: set = set()
+
+def _must_rehash(key: str, size: int, verify: bool | None) -> bool:
+    "Rehash when asked to (`verify`, $MMVAE_NB_VERIFY) or on a small file's first use in this process."
+    if verify is None: verify = os.environ.get(ENV_VERIFY, '') not in ('', '0')
+    return verify or (size < VERIFY_BELOW and key not in _hashed_this_process)
+
+def file_digests(paths, algo: str = 'sha256', cache=None, verify: bool | None = None) -> list[str]:
+    "Digests of `paths`; an index keyed by (path, size, mtime) spares rereading large files, small ones are rehashed once per process."
     index_path = _digest_index(cache)
     try: index = json.loads(index_path.read_text())
     except (FileNotFoundError, ValueError): index = {}
@@ -87,15 +96,21 @@ def file_digests(paths, algo: str = 'sha256', cache=None) -> list[str]:
     for p in map(Path, paths):
         st = p.stat(); key = f'{algo}:{os.path.abspath(p)}'
         hit = index.get(key)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns: out.append(hit[2]); continue
-        d = _hash_file(p, algo); index[key] = [st.st_size, st.st_mtime_ns, d]; out.append(d); changed = True
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and not _must_rehash(key, st.st_size, verify):
+            out.append(hit[2]); continue
+        try: d = _hash_file(p, algo)
+        except OSError as e:
+            raise OSError(f"cannot read {p} ({e.strerror or e}): check its permissions, or replace the file") from e
+        _hashed_this_process.add(key)
+        changed |= hit != [st.st_size, st.st_mtime_ns, d]
+        index[key] = [st.st_size, st.st_mtime_ns, d]; out.append(d)
     if changed:
         with atomic_write(index_path, 'w') as f: json.dump(index, f)
     return out
 
-def file_digest(path, algo: str = 'sha256', cache=None) -> str:
+def file_digest(path, algo: str = 'sha256', cache=None, verify: bool | None = None) -> str:
     "Digest of one file (cached like `file_digests`)."
-    return file_digests([path], algo, cache)[0]
+    return file_digests([path], algo, cache, verify)[0]
 
 # %% ../nbs/03_data.ipynb #ad4234b3
 def download_file(url: str, folder, filename: str, md5: str | None = None):
@@ -191,20 +206,42 @@ class FeatureSet:
     def __len__(self): return self.features.shape[0]
 
 # %% ../nbs/03_data.ipynb #6b78f32c
-CACHE_VERSION = 1   # bump when a decoder's output changes, to invalidate every cache entry
+CACHE_VERSION = 2   # bump when a decoder's output (or the cache format) changes, to invalidate every cache entry
 
 def cache_path(dataset: str, split: str, digests: dict, params: dict | None = None, cache=None) -> Path:
     "Cache file for `dataset`/`split` keyed by the raw files' `digests`, the decoding `params` and `CACHE_VERSION`."
     blob = json.dumps({'v': CACHE_VERSION, 'digests': sorted(digests.items()), 'params': params or {}}, sort_keys=True, default=str)
     return cache_dir(cache)/dataset/f"{split}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
 
+def content_digest(obj) -> str:
+    "BLAKE2b of every tensor's dtype, shape and bytes (and of other leaves' repr) in a nest of dicts/lists, in key order."
+    h = hashlib.blake2b(digest_size=16)
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode()); h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str): h.update(f"K{k!r}".encode()); walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o: walk(v)
+        else: h.update(f"V{o!r}".encode())
+    walk(obj)
+    return h.hexdigest()
+
 def cached(path: Path, build):
-    "Load the tensors saved at `path`, or `build()` them and save them atomically."
+    "Load the tensors saved at `path` if their stored content digest matches, else `build()` them and save them atomically."
+    path = Path(path)
+    if path.parent.is_dir(): remove_orphan_temps(path.parent)
     if path.is_file():
-        try: return torch.load(path, weights_only=True)
-        except Exception as e: warnings.warn(f"unreadable cache {path} ({e}); rebuilding")
+        try:
+            d = torch.load(path, weights_only=True)
+            if not (isinstance(d, dict) and 'content_digest' in d and 'payload' in d): raise ValueError('no content digest (old format)')
+            if content_digest(d['payload']) != d['content_digest']: raise ValueError('content digest mismatch: the file is corrupt')
+            return d['payload']
+        except Exception as e: warnings.warn(f"cache {path} unusable ({e}); rebuilding it")
     obj = build()
-    atomic_torch_save(obj, path)
+    atomic_torch_save({'payload': obj, 'content_digest': content_digest(obj)}, path)
     return obj
 
 def raw_digests(files, paths, cache=None) -> dict:

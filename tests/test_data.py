@@ -391,6 +391,61 @@ def test_procedural_backgrounds_deterministic():
 
 # ---------------------------------------------------------------- FSDD
 
+def test_same_size_same_mtime_corruption_is_seen_by_a_new_process(tmp_path, monkeypatch):
+    "Issue 10: a raw file corrupted in place (size and mtime kept) must not be served the good file's cache."
+    x = np.random.default_rng(1).integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    y = np.arange(5, dtype=np.uint8)
+    raw = tmp_path / 'MNIST/raw'
+    idx_gz(raw / 'train-images-idx3-ubyte.gz', x); idx_gz(raw / 'train-labels-idx1-ubyte.gz', y)
+    lab = raw / 'train-labels-idx1-ubyte.gz'
+    monkeypatch.setitem(D.MNIST_FILES, 'train', (D.RawFile('train-images-idx3-ubyte.gz'), D.RawFile('train-labels-idx1-ubyte.gz')))
+    assert D.load_mnist('train', root=tmp_path).labels.tolist() == y.tolist()
+    good = lab.read_bytes(); st = lab.stat()
+    idx_gz(lab, y[::-1])                                                    # same length, other bytes
+    assert lab.stat().st_size == st.st_size
+    os.utime(lab, ns=(st.st_atime_ns, st.st_mtime_ns))                      # timestamps restored
+    D._hashed_this_process.clear()                                          # as in a new process
+    assert D.load_mnist('train', root=tmp_path).labels.tolist() == y[::-1].tolist()   # not the good file's cache
+    lab.write_bytes(good); os.utime(lab, ns=(st.st_atime_ns, st.st_mtime_ns))
+    D._hashed_this_process.clear()
+    monkeypatch.setattr(D, '_decode_idx_pair', lambda *a: pytest.fail('decoded again although the good cache exists'))
+    assert D.load_mnist('train', root=tmp_path).labels.tolist() == y.tolist()          # repaired: the good cache again
+    # with a published checksum the corruption is an error naming the file
+    lab.write_bytes(gzip.compress(b"x" * 20)); D._hashed_this_process.clear()
+    monkeypatch.setitem(D.MNIST_FILES, 'train', (D.RawFile('train-images-idx3-ubyte.gz'),
+                                                 D.RawFile('train-labels-idx1-ubyte.gz', md5=hashlib.md5(good).hexdigest())))
+    with pytest.raises(D.ChecksumError, match='train-labels-idx1-ubyte.gz: md5 mismatch'):
+        D.load_mnist('train', root=tmp_path)
+
+
+def test_verify_rehashes_large_files_too(tmp_path, monkeypatch):
+    p = tmp_path / 'big'; p.write_bytes(b'0123')
+    monkeypatch.setattr(D, 'VERIFY_BELOW', 2)                               # every file counts as large
+    assert D.file_digest(p) == sha256(p)
+    st = p.stat(); p.write_bytes(b'9123'); os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    D._hashed_this_process.clear()
+    assert D.file_digest(p) == hashlib.sha256(b'0123').hexdigest()          # large: the index is trusted...
+    assert D.file_digest(p, verify=True) == sha256(p)                       # ...unless verification is asked for
+    monkeypatch.setenv(D.ENV_VERIFY, '1')
+    p.write_bytes(b'8123'); os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert D.file_digest(p) == sha256(p)
+
+
+def test_corrupted_cache_entry_is_rebuilt(tmp_path):
+    path = D.cache_path('toy', 'train', {'a': 'sha256:00'}, cache=tmp_path)
+    builds = []
+    make = lambda: builds.append(1) or {'x': torch.arange(1000, dtype=torch.int64)}
+    D.cached(path, make)
+    raw = bytearray(path.read_bytes()); pos = raw.find(np.arange(1000, dtype=np.int64).tobytes()[800:808])
+    raw[pos] ^= 0x01; path.write_bytes(bytes(raw))                          # one flipped bit inside the tensor
+    with pytest.warns(UserWarning, match='content digest mismatch'):
+        assert torch.equal(D.cached(path, make)['x'], torch.arange(1000))
+    assert len(builds) == 2
+    (tmp_path / 'toy' / f'.{path.name}.999999999.abc.tmp').write_bytes(b'half')   # a killed writer's temporary
+    D.cached(path, make)
+    assert not list((tmp_path / 'toy').glob('*.tmp'))
+
+
 def write_wavs(folder, items, seconds=0.3):
     folder.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(8000 * seconds)) / 8000
