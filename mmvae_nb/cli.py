@@ -8,8 +8,8 @@ import argparse, json, os, sys, textwrap
 from pathlib import Path
 import torch
 from .core import check
-from .train import parse_overrides, NonFiniteLossError
-from .experiments import (EXPERIMENTS, SCALES, ExperimentConfig, reproduce, train, evaluate)
+from .train import parse_overrides, NonFiniteLossError, DistributedTimeoutError, RunLockedError, is_comm_failure
+from .experiments import (EXPERIMENTS, SCALES, ExperimentConfig, apply_overrides, reproduce, train, evaluate)
 
 # %% auto #0
 __all__ = ['COMMANDS', 'make_parser', 'cmd_list', 'cmd_show', 'cmd_train', 'cmd_eval', 'cmd_reproduce', 'cmd_demo', 'main']
@@ -20,21 +20,28 @@ def _run_flags() -> argparse.ArgumentParser:
     g = p.add_argument_group('run options')
     g.add_argument('--device', help="torch device, e.g. 'cpu', 'cuda', 'cuda:1' (default: CUDA when available, else CPU; "
                                     "under torchrun each process uses cuda:LOCAL_RANK)")
-    g.add_argument('--scale', choices=[s for s in SCALES if s != 'custom'], default='cpu',
+    g.add_argument('--scale', choices=[s for s in SCALES if s != 'custom'],
                    help="'cpu': reduced to finish in minutes on a laptop (the reduction is stated in the config and the "
-                        "report); 'paper': the published hyperparameters (default: %(default)s)")
+                        "report); 'paper': the published hyperparameters (default: cpu; with --resume, the run's own)")
     g.add_argument('--data-root', help="folder with the raw datasets (default: $MMVAE_NB_DATA, else the user cache); "
                                        "missing files are downloaded there when possible")
     g.add_argument('--out', help="run folder for config.json, checkpoints/, metrics.csv, figures and report.md "
                                  "(default: runs/<experiment>-<scale>)")
     g.add_argument('--seed', type=int, help="random seed of the run (default: the config's, 0)")
     g.add_argument('--resume', action='store_true',
-                   help="continue from the newest checkpoint in --out (exact on CPU); without it a run starts afresh "
+                   help="continue the run in --out from its newest checkpoint (exact on CPU), with its own config.json "
+                        "(no need to repeat its --set); only epochs, lr, grad_clip and logging/checkpoint settings may "
+                        "change, anything else is refused before the folder is touched. Without it a run starts afresh "
                         "and replaces the folder's checkpoints")
     g.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help="change one config field (repeatable), e.g. --set epochs=2 --set lr=5e-4; values are read as JSON "
                         "when possible")
     g.add_argument('--config', help="an ExperimentConfig JSON file (e.g. a run's config.json) instead of a named experiment")
+    g.add_argument('--dataset', help="shorthand for --set dataset=...: a registered dataset or 'module:loader', e.g. "
+                                     "mymod:loader (a module beside the command is found from the working directory)")
+    g.add_argument('--model', help="shorthand for --set model=...: mmvae, mvae, jmvae, mopoe, mmjsd, mmvae_plus or 'module:factory'")
+    g.add_argument('--verify', action='store_true', help="rehash every raw data file, large ones too, instead of trusting "
+                                                         "the digest index (sets MMVAE_NB_VERIFY=1)")
     g.add_argument('--no-progress', action='store_true', help="no progress bar (logs stay one line per epoch)")
     g.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice, one per core; lower it on a "
                                               "machine busy with other work)")
@@ -49,7 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('list', help='list the experiments, their scales and what the cpu scale reduces')
     s = sub.add_parser('show', help="print an experiment's config as JSON")
     s.add_argument('experiment', help='experiment name (see mmvae-nb list)')
-    s.add_argument('--scale', choices=[x for x in SCALES if x != 'custom'], default='cpu', help='which scale (default: %(default)s)')
+    s.add_argument('--scale', choices=[x for x in SCALES if x != 'custom'], help='which scale (default: cpu, or the only one)')
     s.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE', help='change one field (repeatable)')
     s = sub.add_parser('train', parents=[run], help='train only: config.json, checkpoints/, metrics.csv, steps.csv in --out')
     s.add_argument('experiment', nargs='?', help='experiment name (omit with --config)')
@@ -64,38 +71,55 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/10a_cli.ipynb #849a78a3
-def _config(args) -> ExperimentConfig:
-    "The config a command runs: --config file or named experiment at --scale, with --set changes (not yet applied)."
+def _named(args) -> ExperimentConfig:
+    "The config named on the command line: --config FILE, or the experiment at --scale (default cpu)."
     if getattr(args, 'config', None):
-        check(not args.experiment or args.experiment == ExperimentConfig.load(args.config).name,
-              "give either an experiment name or --config, not both")
-        return ExperimentConfig.load(args.config)
+        cfg = ExperimentConfig.load(args.config)
+        check(not args.experiment or args.experiment == cfg.name, "give either an experiment name or --config, not both")
+        return cfg
     check(args.experiment is not None, "name an experiment (see mmvae-nb list) or give --config FILE")
     check(args.experiment in EXPERIMENTS, f"unknown experiment {args.experiment!r}; known: {sorted(EXPERIMENTS)}")
-    return EXPERIMENTS[args.experiment].config(args.scale)
+    return EXPERIMENTS[args.experiment].config(args.scale or _default_scale(args.experiment))
 
-def _overrides(args) -> dict:
+def _default_scale(name) -> str:
+    "'cpu', or the only scale of a single-scale experiment (the neutral 'custom' one)."
+    configs = EXPERIMENTS[name].configs if name in EXPERIMENTS else {}
+    return next(iter(configs)) if len(configs) == 1 else "cpu"
+
+def _config(args) -> tuple:
+    "(config, run folder) of a command that trains: --set/--seed/--no-progress applied to the named config, or with --resume to the folder's own."
     o = parse_overrides(args.overrides, ExperimentConfig)
+    for k in ('dataset', 'model'):
+        if getattr(args, k, None): o[k] = getattr(args, k)
+    if getattr(args, 'verify', False): os.environ['MMVAE_NB_VERIFY'] = '1'
     if getattr(args, 'no_progress', False): o['progress'] = False
-    return o
+    if getattr(args, 'seed', None) is not None: o['seed'] = args.seed
+    folder = lambda name, scale: Path(args.out or Path('runs') / f"{name}-{scale}")
+    if args.resume and not args.config and (args.out or args.experiment):
+        out = folder(args.experiment, args.scale or _default_scale(args.experiment))
+        if (out / 'config.json').exists():        # continue the run as it was configured: no need to repeat its --set
+            saved = ExperimentConfig.load(out / 'config.json')
+            check(not args.experiment or args.experiment == saved.name,
+                  f"{out} holds a run of experiment {saved.name!r}, not {args.experiment!r}")
+            check(not args.scale or args.scale == saved.scale, f"{out} holds a run at scale {saved.scale!r}, not {args.scale!r}")
+            return apply_overrides(saved, o), out
+    cfg = apply_overrides(_named(args), o)
+    return cfg, folder(cfg.name, cfg.scale)
 
 def cmd_list(args):
     for name, e in EXPERIMENTS.items():
-        print(f"{name}: {e.title}\n  paper: {e.paper}\n  scales: {', '.join(sorted(e.configs))}")
+        print(f"{name}: {e.title or 'your dataset and model (--dataset, --model); the report is titled from the run'}"
+              f"\n  paper: {e.paper}\n  scales: {', '.join(sorted(e.configs))}")
         if 'cpu' in e.configs: print(textwrap.fill(f"cpu reduction: {e.configs['cpu'].reduction}", 100,
                                                    initial_indent='  ', subsequent_indent='    '))
 
 def cmd_show(args):
     check(args.experiment in EXPERIMENTS, f"unknown experiment {args.experiment!r}; known: {sorted(EXPERIMENTS)}")
-    cfg = EXPERIMENTS[args.experiment].config(args.scale)
-    o = parse_overrides(args.overrides, ExperimentConfig)
-    print((cfg.replace(**o) if o else cfg).to_json())
+    cfg = EXPERIMENTS[args.experiment].config(args.scale or _default_scale(args.experiment))
+    print(apply_overrides(cfg, parse_overrides(args.overrides, ExperimentConfig)).to_json())
 
 def cmd_train(args):
-    base, o = _config(args), _overrides(args)
-    if args.seed is not None: o['seed'] = args.seed
-    cfg = base.replace(**o) if o else base
-    out = Path(args.out or Path('runs') / f"{cfg.name}-{cfg.scale}")
+    cfg, out = _config(args)
     trainer, _ = train(cfg, out, args.device, args.data_root, args.resume)
     if trainer.rank == 0: print(f"trained {trainer.epoch} epochs ({trainer.step} steps); checkpoints in {out / 'checkpoints'}; "
                                 f"evaluate with: mmvae-nb eval {out}")
@@ -105,9 +129,8 @@ def cmd_eval(args):
     print(f"report: {Path(args.run_dir) / 'report.md'}")
 
 def cmd_reproduce(args):
-    base = _config(args)
-    reproduce(base.name, args.scale, args.device, args.data_root, args.out, args.seed, args.resume, _overrides(args),
-              config=base if args.config else None)
+    cfg, out = _config(args)
+    reproduce(cfg.name, cfg.scale, args.device, args.data_root, out, resume=args.resume, config=cfg)
 
 def cmd_demo(args):
     args.experiment, args.scale, args.config = 'demo', 'cpu', None
@@ -123,7 +146,12 @@ def main(argv=None) -> int:
     if args.command in ('train', 'eval', 'reproduce', 'demo') and args.threads: torch.set_num_threads(args.threads)
     try: COMMANDS[args.command](args)
     except NonFiniteLossError as e: print(f"mmvae-nb: training stopped: {e}", file=sys.stderr); return 3
-    except (ValueError, FileNotFoundError) as e: print(f"mmvae-nb: error: {e}", file=sys.stderr); return 2
+    except DistributedTimeoutError as e: print(f"mmvae-nb: training stopped: {e}", file=sys.stderr); return 4
+    except (ValueError, FileNotFoundError, RunLockedError) as e: print(f"mmvae-nb: error: {e}", file=sys.stderr); return 2
+    except RuntimeError as e:                     # a collective outside the trainer's loop (e.g. in evaluation)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized() and is_comm_failure(e)): raise
+        print(f"mmvae-nb: stopped: another process of the distributed run did not answer within ddp_timeout "
+              f"({str(e).splitlines()[0][:200]})", file=sys.stderr); return 4
     finally:
         torch.set_num_threads(threads)            # main() called from Python leaves the caller's setting as it was
         if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()

@@ -4,23 +4,23 @@
 
 # %% ../nbs/10_experiments.ipynb #34fe79aa
 from __future__ import annotations
-import dataclasses, importlib, inspect, json, math, platform, time, warnings
+import contextlib, dataclasses, importlib, inspect, json, math, platform, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 import torch
 from .core import check, seed_everything, default_device, atomic_write
-from .train import (TrainConfig, Trainer, CheckpointManager, init_distributed, mean_loss, preserved_rng,
-                            write_csv)
+from .train import (TrainConfig, Trainer, CheckpointManager, RunLock, init_distributed, mean_loss, preserved_rng,
+                            resume_changes, write_csv)
 
 # %% auto #0
 __all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'MMVAE_PAPER', 'CPU_EVAL',
            'MMVAE_CITE', 'MVAE_CITE', 'LABEL_EVAL', 'MS_EVAL', 'SUTTER_MS', 'SUTTER_MS_CPU', 'POLY_EVAL',
-           'TRIPLET_CITE', 'TRIPLET_SUBSETS', 'TRIPLET_ELBO', 'TRIPLET_ACC', 'NEUTRAL_FIELDS', 'ExperimentConfig',
-           'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics',
-           'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement',
-           'unmeasured_table', 'Experiment', 'register', 'mmvae_paper_numbers', 'train', 'load_run', 'evaluate',
-           'changes', 'write_report', 'reproduce']
+           'NEUTRAL_FIELDS', 'ExperimentConfig', 'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator',
+           'test_bound', 'standard_metrics', 'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures',
+           'loss_figure', 'scale_statement', 'unmeasured_table', 'Experiment', 'register', 'mmvae_paper_numbers',
+           'validate_config', 'apply_overrides', 'check_resumable', 'train', 'load_run', 'report_experiment',
+           'evaluate', 'changes', 'write_report', 'reproduce']
 
 # %% ../nbs/10_experiments.ipynb #c58b9096
 SCALES = ('paper', 'cpu', 'custom')
@@ -45,6 +45,8 @@ class ExperimentConfig(TrainConfig):
     latent_dim: int = 20
     K: int | None = None             # importance samples; None: the model's default (or a model without K)
     eval_kwargs: dict = field(default_factory=dict)   # options of the evaluators (classifier epochs, joint samples, ...)
+
+    resume_changeable = TrainConfig.resume_changeable + ('eval_kwargs',)   # evaluation options do not touch training
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,6 +84,17 @@ def resolve(spec, registry: dict, what: str):
           f"unknown {what} {spec!r}; registered: {sorted(registry)} (or give 'package.module:attribute')")
     mod, attr = target.split(':', 1)
     try: obj = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        # a module beside the command (`--set dataset=mymod:loader`) is found from the working directory, which the
+        # `mmvae-nb` console script (unlike `python -m`) does not put on sys.path
+        import os, sys
+        cwd = os.getcwd()
+        if e.name != mod.split('.')[0] or cwd in sys.path or '' in sys.path:
+            raise ValueError(f"{what} {spec!r}: cannot import {mod!r} ({e})") from e
+        sys.path.append(cwd); importlib.invalidate_caches()
+        try: obj = importlib.import_module(mod)
+        except ImportError as e2:
+            raise ValueError(f"{what} {spec!r}: cannot import {mod!r} from sys.path or the working directory {cwd} ({e2})") from e2
     except ImportError as e: raise ValueError(f"{what} {spec!r}: cannot import {mod!r} ({e})") from e
     for a in attr.split('.'):
         check(hasattr(obj, a), f"{what} {spec!r}: module {mod!r} has no attribute {attr!r}")
@@ -186,7 +199,13 @@ def _draw(ax, x: torch.Tensor, spec):
         img = x.clamp(0, 1)
         ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap='gray' if img.shape[0] == 1 else None,
                   vmin=0, vmax=1)
-    elif spec.kind == 'categorical': ax.text(0.5, 0.5, str(int(x)), ha='center', va='center', fontsize=16)
+    elif spec.kind == 'categorical':
+        word = spec.decode(x.long().view(1))[0] if spec.vocab else str(int(x))
+        ax.text(0.5, 0.5, word, ha='center', va='center', fontsize=16 if len(word) < 4 else 8)
+    elif spec.kind == 'sequence':     # generated text as words (the spec's vocabulary), wrapped to the cell
+        import textwrap
+        ax.text(0.5, 0.5, textwrap.fill(spec.decode(x.long().view(1, -1))[0] or '(empty)', 14), ha='center', va='center',
+                fontsize=7, wrap=True)
     elif spec.kind == 'features': ax.plot(x.flatten().numpy(), lw=1)
     else: ax.text(0.5, 0.5, '·', ha='center', va='center')
     ax.set_xticks([]); ax.set_yticks([])
@@ -210,7 +229,7 @@ def rows_figure(rows: Sequence, path, dpi: int = 70) -> Path:
     return Path(path)
 
 # %% ../nbs/10_experiments.ipynb #0e756d94
-DRAWABLE = ('image', 'categorical', 'features')
+DRAWABLE = ('image', 'categorical', 'features', 'sequence')
 
 @torch.no_grad()
 def generation_figures(model, dataset, out_dir, n: int = 8) -> dict:
@@ -421,50 +440,96 @@ register(Experiment(
     notes="Paper networks are ResNets; ours are the 28x28 CNN/MLP defaults. The cpu scale runs on a stand-in dataset, so "
           "its numbers are not comparable with the paper's."))
 
-TRIPLET_CITE = 'Mishra. Generative Multimodal Learning for Reconstructing Missing Modality (MVAE study, seed 003)'
-TRIPLET_SUBSETS = ('farsi', 'kannada', 'speech', 'farsi+kannada', 'kannada+speech', 'farsi+speech', 'farsi+kannada+speech')
-TRIPLET_ELBO = (248.85, 436.9, 493.03, 187.64, 427.44, 239.11, 177.62)      # Table 1 "ELBO" (a loss), m1..m3 = Farsi, Kannada, speech
-TRIPLET_ACC = (99.6, 99.7, 99.2, 99.93, 99.94, 99.88, 99.95)                # Table 1 classification accuracy (%)
-register(Experiment(
-    'mvae_triplet', 'MVAE on Farsi + Kannada digits + spoken digits (all 2^3−1 subset ELBOs)', TRIPLET_CITE,
-    _scales('mvae_triplet', dict(model='mvae', model_kwargs={'subset_mode': 'all'}, dataset='farsi_kannada_speech',
-                                 modality_kwargs={'likelihood': {'farsi': 'bernoulli', 'kannada': 'bernoulli', 'speech': 'normal'}},
-                                 latent_dim=256, batch_size=128, epochs=50, lr=1e-3,
-                                 eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mopoe'], 'latent_epochs': 30}),
-            dict(train_split='test', test_split='test', n_train=8000, n_test=2000, epochs=3, latent_dim=32,
-                 eval_kwargs={'classifier_epochs': 5, 'joint_n': 2000, 'latent': ['mopoe']}),
-            "the 60,000 Kannada-MNIST training images are not available offline, so training (8,000) and test (2,000) "
-            "triplets are disjoint parts of the official test splits; 3 epochs instead of 50; latent 32 instead of 256; "
-            "evaluation: classifiers 5 epochs, 2,000 prior samples."),
-    paper_results={**{('neg_elbo', S, 'farsi+kannada+speech'): (v, f"{TRIPLET_CITE}, Table 1 (training data)")
-                      for S, v in zip(TRIPLET_SUBSETS, TRIPLET_ELBO)},
-                   **{('label_accuracy', S, 'label'): (v / 100, f"{TRIPLET_CITE}, Table 1 (classifier branch, training data)")
-                      for S, v in zip(TRIPLET_SUBSETS, TRIPLET_ACC)}},
-    notes="The poster gives neither epochs, batch size nor latent size (its perturbation of latent index 201 implies at "
-          "least 202 dimensions: 256 here); its 'parallel linear models' and its label-classifier branch are not "
-          "reproduced: our MVAE has no classifier, so its accuracies compare with our latent accuracy only loosely. "
-          "Its numbers are on training data."))
+# %% ../nbs/10_experiments.ipynb #d2c0ffee
+def _accepted(fn) -> tuple:
+    "(keyword names, open): what `fn` (a class: its `__init__`, up the bases it passes `**kwargs` to) accepts; open if unknowable."
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    targets = [k.__dict__['__init__'] for k in fn.__mro__ if '__init__' in k.__dict__] if inspect.isclass(fn) else [fn]
+    names = set()
+    for f in targets:
+        try: ps = inspect.signature(f).parameters
+        except (TypeError, ValueError): return names, True
+        names |= {n for n, p in ps.items() if p.kind in kinds and n != 'self'}
+        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in ps.values()): return names, False
+    return names, True
+
+def _check_kwargs(fn, kwargs: dict, what: str, fixed=()):
+    "Refuse keys of `kwargs` that `fn` does not accept (or that the package passes itself: `fixed`), naming the closest."
+    import difflib
+    names, open_ = _accepted(fn)
+    names -= set(fixed)
+    bad = sorted(k for k in kwargs if k in fixed or (not open_ and k not in names))
+    if not bad: return
+    close = {k: difflib.get_close_matches(k, sorted(names), 1) for k in bad}
+    hint = ''.join(f"; did you mean {c[0]!r} for {k!r}?" for k, c in close.items() if c)
+    check(False, f"unknown key(s) {bad} in {what}; it accepts {sorted(names)}{hint}")
+
+def validate_config(cfg: ExperimentConfig, experiment: Experiment | None = None):
+    "Check, before any data is loaded, that `cfg`'s model, dataset, evaluators and their keyword arguments exist."
+    from mmvae_nb.networks import build_modality
+    check(isinstance(cfg, ExperimentConfig), f"expected an ExperimentConfig, got {type(cfg).__name__}")
+    factory = resolve(cfg.model, MODELS, 'model')
+    _check_kwargs(factory, cfg.model_kwargs, f"model_kwargs of model {cfg.model!r}", fixed=('modalities', 'latent_dim', 'K'))
+    if cfg.K is not None:
+        names, open_ = _accepted(factory)
+        check(open_ or 'K' in names, f"model {cfg.model!r} has no K (importance samples); remove K from the config")
+    loader = resolve(cfg.dataset, DATASETS, 'dataset')
+    _check_kwargs(loader, cfg.dataset_kwargs, f"dataset_kwargs of dataset {cfg.dataset!r}", fixed=('split',))
+    _check_kwargs(build_modality, cfg.modality_kwargs, 'modality_kwargs', fixed=('spec', 'latent_dim'))
+    exp = experiment or EXPERIMENTS.get(cfg.name)
+    evaluators = (exp or Experiment('', '', '', {})).evaluate
+    if 'metrics' in evaluators:
+        unknown = sorted(set(cfg.eval_kwargs) - set(METRICS_DEFAULTS))
+        check(not unknown, f"unknown key(s) {unknown} in eval_kwargs; the 'metrics' evaluator accepts {sorted(METRICS_DEFAULTS)}")
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
+    "`cfg` with `overrides`; a new `model` resets `model_kwargs` and `K`, a new `dataset` its `dataset_kwargs`, unless given too."
+    o = dict(overrides or {})
+    if o.get('model', cfg.model) != cfg.model: o.setdefault('model_kwargs', {}); o.setdefault('K', None)
+    if o.get('dataset', cfg.dataset) != cfg.dataset: o.setdefault('dataset_kwargs', {})
+    return cfg.replace(**o) if o else cfg
+
+def check_resumable(cfg: ExperimentConfig, out_dir):
+    "Refuse a resume whose `cfg` changes what the run folder's `config.json` fixes (when it holds checkpoints to resume)."
+    out_dir = Path(out_dir); path = out_dir / 'config.json'
+    if not path.exists() or not CheckpointManager(out_dir / 'checkpoints', writer=False).paths(): return
+    saved = ExperimentConfig.load(path)
+    check(saved.name == cfg.name, f"{out_dir} holds a run of experiment {saved.name!r}, not {cfg.name!r}: resume it as "
+          f"{saved.name!r}, or train {cfg.name!r} into another folder")
+    resume_changes(saved.to_dict(), cfg, str(out_dir))
 
 # %% ../nbs/10_experiments.ipynb #c39a4e43
 def _main_print(msg: str, rank: int = 0, verbose: bool = True):
     if rank == 0 and verbose: print(msg, flush=True)
 
+def _unexpected_keyword(e: TypeError) -> bool: return 'unexpected keyword argument' in str(e)
+
 def train(cfg: ExperimentConfig, out_dir, device=None, data_root=None, resume: bool = False, eval_hooks=()) -> tuple:
-    "Train `cfg` into `out_dir`; returns (trainer, data). Runs under `torchrun` too (DDP)."
+    "Train `cfg` into `out_dir` (locked meanwhile); returns (trainer, data). Nothing is written before the config and a resume are checked."
     out_dir = Path(out_dir)
-    rank, ws, dev = init_distributed(device)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / 'config.json')
-    _main_print(f"config ({cfg.name}, {cfg.scale} scale) -> {out_dir / 'config.json'}\n{cfg.to_json()}", rank, cfg.verbose)
-    seed_everything(cfg.seed)
-    data = load_data(cfg, data_root)
-    _main_print(f"data: {len(data['train'])} training, {len(data['test'])} test items ({cfg.dataset}); device {dev}"
-                + (f", {ws} processes" if ws > 1 else ''), rank, cfg.verbose)
-    model = build_model(cfg, data['train'].specs).to(dev)
-    trainer = Trainer(model, make_iterator(data['train'], cfg, True, dev, rank, ws), cfg,
-                      valid_iter=make_iterator(data['test'], cfg, False, dev, rank, ws), out_dir=out_dir, eval_hooks=eval_hooks)
-    trainer.fit(resume=resume)
+    validate_config(cfg)
+    rank, ws, dev = init_distributed(device, timeout=cfg.ddp_timeout)
+    with (RunLock(out_dir) if rank == 0 else contextlib.nullcontext()):
+        if resume: check_resumable(cfg, out_dir)
+        _main_print(f"config ({cfg.name}, {cfg.scale} scale) -> {out_dir / 'config.json'}\n{cfg.to_json()}", rank, cfg.verbose)
+        seed_everything(cfg.seed)
+        try: data = load_data(cfg, data_root)
+        except TypeError as e:
+            if not _unexpected_keyword(e): raise
+            raise ValueError(f"dataset {cfg.dataset!r} does not accept dataset_kwargs {cfg.dataset_kwargs}: {e}") from e
+        _main_print(f"data: {len(data['train'])} training, {len(data['test'])} test items ({cfg.dataset}); device {dev}"
+                    + (f", {ws} processes" if ws > 1 else ''), rank, cfg.verbose)
+        try: model = build_model(cfg, data['train'].specs).to(dev)
+        except TypeError as e:
+            if not _unexpected_keyword(e): raise
+            raise ValueError(f"model {cfg.model!r} does not accept model_kwargs {cfg.model_kwargs}: {e}") from e
+        trainer = Trainer(model, make_iterator(data['train'], cfg, True, dev, rank, ws), cfg,
+                          valid_iter=make_iterator(data['test'], cfg, False, dev, rank, ws), out_dir=out_dir, eval_hooks=eval_hooks)
+        if resume: trainer.resume()               # checked against the checkpoint and loaded; still nothing written
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(out_dir / 'config.json')
+        trainer.fit()
     return trainer, data
 
 def load_run(out_dir, device=None, data_root=None) -> tuple:
@@ -477,10 +542,29 @@ def load_run(out_dir, device=None, data_root=None) -> tuple:
     check(path is not None, f"no checkpoint in {out_dir / 'checkpoints'}: train (or resume) the run first")
     data = load_data(cfg, data_root)
     model = build_model(cfg, data['train'].specs).to(dev)
-    model.load_state_dict(state['model'])
+    try: model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit the model of {out_dir / 'config.json'}: {' '.join(str(e).split())[:300]}") from e
     return cfg, model, data, state
 
 # %% ../nbs/10_experiments.ipynb #e1ce7dc1
+def report_experiment(exp: Experiment, cfg: ExperimentConfig) -> Experiment:
+    "`exp`, or, when `cfg` replaced its model or dataset, a copy titled from `cfg` without the notes and paper numbers of another model."
+    if not exp.title:                # the neutral `custom` experiment: everything the report says comes from the run's config
+        return dataclasses.replace(exp, title=f"{cfg.model} on {cfg.dataset}", paper='none (a custom run)', paper_results={},
+                                   notes=f"A custom run: model {cfg.model!r} ({cfg.model_kwargs or 'default settings'}), dataset "
+                                         f"{cfg.dataset!r} ({cfg.dataset_kwargs or 'default arguments'}), latent {cfg.latent_dim}, "
+                                         f"{cfg.epochs} epochs of batch {cfg.batch_size}, lr {cfg.lr:g}.")
+    base = exp.configs.get(cfg.scale)
+    swapped = [k for k in ('model', 'dataset') if base is not None and getattr(cfg, k) != getattr(base, k)]
+    if not swapped: return exp
+    was = ' and '.join(f"{k} {getattr(base, k)!r}" for k in swapped)
+    return dataclasses.replace(
+        exp, title=f"{cfg.model} on {cfg.dataset} (experiment {exp.name!r} with its {' and '.join(swapped)} replaced)",
+        paper=f"none for this run; experiment {exp.name!r} ({exp.paper}) trains {was}", paper_results={},
+        notes=f"This run replaced the {was} of experiment {exp.name!r}: that experiment's notes and published numbers "
+              "describe another setting and are not shown.")
+
 def evaluate(out_dir, device=None, data_root=None, experiment: Experiment | None = None, trained: tuple | None = None) -> list:
     "Run the evaluators, write results.{json,csv,md}, figures and report.md into `out_dir`; returns the result rows."
     out_dir = Path(out_dir)
@@ -488,7 +572,7 @@ def evaluate(out_dir, device=None, data_root=None, experiment: Experiment | None
         cfg, model, data, state = load_run(out_dir, device, data_root)
         history, steps = state['history'], state['step_history']
     else: cfg, model, data, history, steps = trained
-    exp = experiment or EXPERIMENTS.get(cfg.name) or Experiment(cfg.name, cfg.name, '—', {cfg.scale: cfg})
+    exp = report_experiment(experiment or EXPERIMENTS.get(cfg.name) or Experiment(cfg.name, cfg.name, '—', {cfg.scale: cfg}), cfg)
     t0 = time.perf_counter()
     rows, notes = run_evaluators(exp.evaluate, model, data, cfg)
     with preserved_rng(cfg.seed + 3): figs = generation_figures(model, data['test'], out_dir)
@@ -499,10 +583,13 @@ def evaluate(out_dir, device=None, data_root=None, experiment: Experiment | None
             'epochs': len(history), 'steps': history[-1]['step'] if history else 0,
             'train_seconds': round(sum(h.get('seconds', 0) for h in history), 1),
             'eval_seconds': round(time.perf_counter() - t0, 1), 'torch': torch.__version__, 'python': platform.python_version()}
+    resumed = [h['resumed_with'] for h in history if h.get('resumed_with')]
+    if resumed: info['changed on resume'] = '; '.join(resumed)
     write_report(out_dir, exp, cfg, rows, notes, figs, info, changes(cfg))
     return rows
 
-NEUTRAL_FIELDS = ('progress', 'verbose', 'tensorboard', 'ckpt_every', 'ckpt_each_epoch', 'ckpt_keep', 'log_every', 'seed')
+NEUTRAL_FIELDS = ('progress', 'verbose', 'tensorboard', 'ckpt_every', 'ckpt_each_epoch', 'ckpt_keep', 'log_every', 'seed',
+                  'divergence_factor', 'ddp_timeout')
 
 def changes(cfg: ExperimentConfig) -> dict:
     "Fields of `cfg` that differ from its registered experiment at its scale (those that cannot change results aside)."
@@ -549,10 +636,22 @@ def reproduce(name: str, scale: str = 'cpu', device=None, data_root=None, out_di
     else: base = config
     overrides = dict(overrides or {})
     if seed is not None: overrides['seed'] = seed
-    cfg = base.replace(**overrides) if overrides else base
+    cfg = apply_overrides(base, overrides)
+    validate_config(cfg, exp)                     # before the folder is created or locked
     out_dir = Path(out_dir or Path('runs') / f"{name}-{cfg.scale}")
-    trainer, data = train(cfg, out_dir, device, data_root, resume)
-    if trainer.rank != 0: return None
-    evaluate(out_dir, experiment=exp, trained=(cfg, trainer.model, data, trainer.history, trainer.step_history))
+    rank = init_distributed(device, timeout=cfg.ddp_timeout)[0]
+    with (RunLock(out_dir) if rank == 0 else contextlib.nullcontext()):
+        trainer, data = train(cfg, out_dir, device, data_root, resume)
+        if trainer.rank != 0: return None
+        evaluate(out_dir, experiment=exp, trained=(cfg, trainer.model, data, trainer.history, trainer.step_history))
     print(f"report: {out_dir / 'report.md'}", flush=True)
     return out_dir
+
+# %% ../nbs/10_experiments.ipynb #bb10d6c1
+register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,
+                                                                      epochs=10, batch_size=128, lr=1e-3)},
+                    evaluate=['test_bound', 'metrics']))
+
+# %% ../nbs/10_experiments.ipynb #fb8e336a
+# the papers' chapters register their experiments in `mmvae_nb.papers.*` (design.md); imported last, after all they use
+from . import papers as _papers

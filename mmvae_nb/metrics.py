@@ -5,6 +5,7 @@
 # %% ../nbs/06_metrics.ipynb #4d488877
 from __future__ import annotations
 import contextlib, csv, hashlib, io, itertools, json, math, time, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 import numpy as np
@@ -17,11 +18,14 @@ from .distributions import pairwise_w2_diag_gaussian
 from .models import Modality, MultimodalVAE, UniformMixture
 
 # %% auto #0
-__all__ = ['CLASSIFIER_ARCHS', 'LATENT_PROTOCOLS', 'PAPER_NUMBERS', 'model_device', 'eval_mode', 'seeded', 'iterate_batches',
-           'result_row', 'class_templates', 'template_dataset', 'LeNet', 'SmallCNN', 'MLPClassifier',
-           'SequenceClassifier', 'LabelClassifier', 'classifier_arch', 'make_classifier_net', 'prepare_input',
-           'state_dict_sha256', 'Classifier', 'modality_items', 'classifier_accuracy', 'train_classifier',
-           'data_fingerprint', 'load_or_train_classifier', 'load_or_train_classifiers', 'TemplateEncoder',
+__all__ = ['CLASSIFIER_ARCHS', 'REFERENCE_ARCHS', 'REFERENCE_SOURCES', 'REFERENCE_FORMAT', 'LATENT_PROTOCOLS', 'PAPER_NUMBERS',
+           'model_device', 'eval_mode', 'seeded', 'iterate_batches', 'result_row', 'class_templates',
+           'template_dataset', 'LeNet', 'SmallCNN', 'MLPClassifier', 'SequenceClassifier', 'LabelClassifier',
+           'classifier_arch', 'make_classifier_net', 'prepare_input', 'state_dict_sha256', 'Classifier',
+           'modality_items', 'classifier_accuracy', 'train_classifier', 'data_fingerprint', 'load_or_train_classifier',
+           'DigitCNN', 'StandardizedMLP', 'random_shift', 'ReferenceSource', 'register_reference_source',
+           'reference_data_sha256', 'train_reference_net', 'reference_classifier', 'load_or_train_classifiers',
+           'reference_table', 'print_reference_table', 'train_reference_classifiers', 'TemplateEncoder',
            'TemplateDecoder', 'TemplateModel', 'NearestTemplate', 'template_classifiers', 'cross_coherence',
            'all_subsets', 'input_subsets', 'cross_coherence_matrix', 'joint_coherence', 'posterior_latents',
            'latent_accuracy_linear', 'latent_accuracy_logreg', 'latent_accuracy', 'default_chunk',
@@ -325,17 +329,337 @@ def load_or_train_classifier(dataset, name: str, test=None, epochs: int = 30, ca
             net = make_classifier_net(spec, meta['n_classes'], meta['arch'])
             net.load_state_dict(d['state_dict']); net.eval()
             dev = kw.get('device') or ('cuda' if torch.cuda.is_available() else 'cpu')
-            return Classifier(net.to(dev), spec, {**meta, 'cached': str(path)})
+            return Classifier(net.to(dev), spec, {**meta, 'cached': str(path), 'status': 'cached'})
         except Exception as e:
             warnings.warn(f"classifier cache {path} unusable ({e}); retraining")
     clf = train_classifier(dataset, name, epochs, test, verbose=verbose, **kw)
     atomic_torch_save({'state_dict': {k: v.cpu() for k, v in clf.net.state_dict().items()}, 'meta': clf.meta}, path)
-    clf.meta['cached'] = str(path)
+    clf.meta.update(cached=str(path), status='trained')
     return clf
 
-def load_or_train_classifiers(dataset, test=None, names: Sequence[str] | None = None, **kw) -> dict:
-    "`load_or_train_classifier` for every modality in `names` (default: all of the dataset's)."
-    return {n: load_or_train_classifier(dataset, n, test, **kw) for n in (names or dataset.modalities)}
+# %% ../nbs/06_metrics.ipynb #8b9dfafc
+class DigitCNN(nn.Module):
+    "Reference image classifier: two 5x5 convolutions with batch norm and pooling, then `hidden` units; logits."
+    def __init__(self, in_shape=(1, 28, 28), n_classes: int = 10, c1: int = 16, c2: int = 32, hidden: int = 128,
+                 dropout: float = 0.3):
+        super().__init__()
+        C, H, W = in_shape
+        h, w = ((H - 4) // 2 - 4) // 2, ((W - 4) // 2 - 4) // 2
+        check(h >= 1 and w >= 1, f"DigitCNN needs images of at least 12x12 pixels; got {tuple(in_shape)}")
+        self.body = nn.Sequential(
+            nn.Conv2d(C, c1, 5), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Dropout(dropout), nn.Linear(c2 * h * w, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+    def forward(self, x): return self.body(x)
+
+class StandardizedMLP(nn.Module):
+    "Reference feature classifier: standardise by the training set's mean and std (buffers), then an MLP."
+    def __init__(self, in_shape, n_classes: int = 10, hidden: int = 256, depth: int = 2, dropout: float = 0.2):
+        super().__init__()
+        d = math.prod(in_shape)
+        self.register_buffer('mean', torch.zeros(d)); self.register_buffer('std', torch.ones(d))
+        layers, k = [], d
+        for _ in range(depth): layers += [nn.Linear(k, hidden), nn.ReLU(), nn.Dropout(dropout)]; k = hidden
+        self.body = nn.Sequential(*layers, nn.Linear(k, n_classes))
+    def fit_standardizer(self, x: torch.Tensor):
+        "Set `mean`/`std` from training items `x` (float)."
+        x = x.flatten(1).float()
+        self.mean.copy_(x.mean(0)); self.std.copy_(x.std(0).clamp_min(1e-6))
+        return self
+    def forward(self, x): return self.body((x.flatten(1) - self.mean) / self.std)
+
+REFERENCE_ARCHS = {'digit_cnn': DigitCNN, 'standardized_mlp': StandardizedMLP}
+
+def random_shift(x: torch.Tensor, s: int, g: torch.Generator) -> torch.Tensor:
+    "Translate each image (B, C, H, W) by its own random offset in [-s, s]^2 pixels, filling with zeros."
+    if s <= 0: return x
+    B, C, H, W = x.shape
+    p = F.pad(x, (s, s, s, s))
+    dy, dx = (torch.randint(0, 2 * s + 1, (2, B), generator=g)).to(x.device)
+    rows = (dy[:, None] + torch.arange(H, device=x.device))[:, :, None]      # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, :]      # (B, 1, W)
+    return p[torch.arange(B, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+# %% ../nbs/06_metrics.ipynb #27739b81
+@dataclass(frozen=True)
+class ReferenceSource:
+    "A modality type with a reference classifier: its items' kind and shape, how to load them, the recipe."
+    name: str                      # the key a dataset's `sources` maps a modality to
+    kind: str                      # ModalitySpec kind and item shape the classifier reads
+    shape: tuple
+    load: Callable                 # load(root) -> {'train': (x, y), 'test': (x, y), 'about': str}, items as stored
+    available: Callable = lambda root: True   # whether the data can be loaded (no download, no decoding)
+    arch: str = 'digit_cnn'
+    net: dict = field(default_factory=dict)   # keyword arguments of the network
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3               # peak of the one-cycle schedule
+    shift: int = 0                 # random-translation augmentation, pixels
+    target: float | None = None    # the test accuracy we promise (checked by the tests)
+    version: int = 1               # bump when `load` changes what it returns
+
+    def recipe(self) -> dict:
+        return {'arch': self.arch, 'net': dict(self.net), 'epochs': self.epochs, 'batch_size': self.batch_size,
+                'lr': self.lr, 'shift': self.shift, 'version': self.version}
+
+REFERENCE_SOURCES: dict = {}
+
+def register_reference_source(source: ReferenceSource) -> ReferenceSource:
+    "Add (or replace) a reference source under `source.name`; datasets opt in through `sources={modality: name}`."
+    check(source.kind in ('image', 'features'), f"reference sources classify images or features; got {source.kind!r}")
+    check(source.arch in REFERENCE_ARCHS, f"unknown reference arch {source.arch!r}; expected one of {sorted(REFERENCE_ARCHS)}")
+    REFERENCE_SOURCES[source.name] = source
+    return source
+
+# %% ../nbs/06_metrics.ipynb #9e3eea47
+def _split_pair(load, root) -> dict:
+    "{'train': (x, y), 'test': (x, y)} from a loader of `ImageSet`/`FeatureSet` splits."
+    out = {}
+    for split in ('train', 'test'):
+        s = load(split, root=root)
+        out[split] = (s.images if hasattr(s, 'images') else s.features, s.labels)
+    return out
+
+def _stratified_halves(y: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    "Two disjoint index sets, each holding half of every class (seeded)."
+    g, a, b = torch.Generator().manual_seed(seed), [], []
+    for c in y.unique().tolist():
+        idx = (y == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        a.append(idx[:len(idx) // 2]); b.append(idx[len(idx) // 2:])
+    return torch.cat(a).sort().values, torch.cat(b).sort().values
+
+def _load_kannada(root) -> dict:
+    from mmvae_nb import data
+    test = data.load_kannada('test', root=root)
+    if data.available('kannada', root, 'train'):          # the official split, where its images exist
+        tr = data.load_kannada('train', root=root)
+        return {'train': (tr.images, tr.labels), 'test': (test.images, test.labels), 'about': 'official train/test split'}
+    dig = data.load_kannada('dig', root=root)
+    a, b = _stratified_halves(test.labels)
+    return {'train': (torch.cat([dig.images, test.images[a]]), torch.cat([dig.labels, test.labels[a]])),
+            'test': (test.images[b], test.labels[b]),
+            'about': 'no train images here: trained on Dig-MNIST (10,240) + a stratified half of the test split (5,000), '
+                     'tested on the other half (5,000)'}
+
+def _load_synthetic(name: str):
+    def load(root) -> dict:
+        from mmvae_nb.synthetic import synthetic_digits
+        return {'train': modality_items(synthetic_digits('train'), name), 'test': modality_items(synthetic_digits('test'), name),
+                'about': 'the generator\'s full train (24,000) and test (4,000) splits, seed 0'}
+    return load
+
+def _load_polymnist_standin(root) -> dict:
+    "Train: each MNIST train digit once, on one of the five stand-in backgrounds; test: all five modalities of the stand-in test split."
+    from mmvae_nb import data
+    from mmvae_nb.multimodal import polymnist_standin
+    mnist, bgs = data.load_mnist('train', root=root), data.procedural_backgrounds(5, seed=0)
+    parts = [data.build_polymnist(mnist.subset(torch.arange(m, len(mnist), 5)), [bg], seed=m)[0] for m, bg in enumerate(bgs)]
+    test = polymnist_standin('test', root=root)
+    return {'train': (torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])),
+            'test': (torch.cat([test.data[m] for m in test.modalities]), test.labels.repeat(len(test.modalities))),
+            'about': 'train: the 60,000 MNIST train digits, each on one of the 5 procedural backgrounds; '
+                     'test: all 5 modalities of the stand-in test split (50,000 images)'}
+
+def _load_polymnist(root) -> dict:
+    "Train: tuple i in modality i mod M; test: every modality of the test split (the released or a rebuilt PolyMNIST)."
+    from mmvae_nb import data
+    out = {}
+    for split in ('train', 'test'):
+        sets = data.load_polymnist(split, root=root)
+        if split == 'train':
+            n, M = len(sets[0].labels), len(sets)
+            pick = [torch.arange(m, n, M) for m in range(M)]
+            out[split] = (torch.cat([s.images[i] for s, i in zip(sets, pick)]), torch.cat([s.labels[i] for s, i in zip(sets, pick)]))
+        else: out[split] = (torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]))
+    out['about'] = 'PolyMNIST files: train tuple i in modality i mod M, test: every modality'
+    return out
+
+def _available(name: str, *splits: str):
+    "Whether every split in `splits` (default train and test) of data set `name` is present (no decoding)."
+    def available(root) -> bool:
+        from mmvae_nb import data
+        return all(data.available(name, root, s) for s in (splits or ('train', 'test')))
+    return available
+
+def _loader(name: str):
+    def load(root) -> dict:
+        from mmvae_nb import data
+        return {**_split_pair(getattr(data, name), root), 'about': 'official train/test split'}
+    return load
+
+for _s in (
+    ReferenceSource('mnist', 'image', (1, 28, 28), _loader('load_mnist'), _available('mnist'), epochs=3, shift=2, target=0.99),
+    ReferenceSource('hoda', 'image', (1, 28, 28), _loader('load_hoda'), _available('hoda'), epochs=3, shift=2, target=0.99),
+    ReferenceSource('kannada', 'image', (1, 28, 28), _load_kannada, _available('kannada', 'dig', 'test'), epochs=6, shift=2, target=0.97),
+    ReferenceSource('fashion_mnist', 'image', (1, 28, 28), _loader('load_fashion_mnist'), _available('fashion_mnist'), epochs=4, target=0.90),
+    ReferenceSource('fsdd', 'features', (13,), _loader('load_fsdd'), _available('fsdd'), arch='standardized_mlp',
+                    epochs=150, lr=3e-3, target=0.90),
+    ReferenceSource('synthetic_pen', 'image', (1, 28, 28), _load_synthetic('pen'), epochs=3, shift=2, target=0.98),
+    ReferenceSource('synthetic_street', 'image', (3, 32, 32), _load_synthetic('street'), epochs=3, shift=2, target=0.98),
+    ReferenceSource('polymnist_standin', 'image', (3, 28, 28), _load_polymnist_standin, _available('mnist'), epochs=2, target=0.97),
+    ReferenceSource('polymnist', 'image', (3, 28, 28), _load_polymnist, _available('polymnist'), epochs=2, target=0.97),
+): register_reference_source(_s)
+
+# %% ../nbs/06_metrics.ipynb #0af0f459
+def _tensor_sha256(*tensors) -> str:
+    "SHA-256 of tensors' dtypes, shapes and bytes, in order."
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def reference_data_sha256(d: Mapping) -> str:
+    "Checksum of a reference source's loaded data: train and test items and labels, every byte."
+    return _tensor_sha256(*d['train'], *d['test'])
+
+def train_reference_net(source: ReferenceSource, d: Mapping, seed: int = 0, device=None, verbose: bool = False) -> tuple:
+    "Train `source`'s network on `d['train']` (Adam, one-cycle, optional shifts); returns (net, meta without accuracy)."
+    (x, y), spec = d['train'], ModalitySpec(source.name, tuple(source.shape), source.kind)
+    check(tuple(x.shape[1:]) == tuple(source.shape), f"reference {source.name!r}: items have shape {tuple(x.shape[1:])}, expected {source.shape}")
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    t0, c0 = time.perf_counter(), time.process_time()
+    with seeded(seed):
+        net = REFERENCE_ARCHS[source.arch](tuple(source.shape), 10, **source.net)
+        if isinstance(net, StandardizedMLP): net.fit_standardizer(prepare_input(x, spec))
+        # channels-last: oneDNN's convolutions run ~25% faster on CPU in this layout (measured); results are the same up to rounding
+        layout = torch.channels_last if len(source.shape) == 3 else torch.contiguous_format
+        net = net.to(dev, memory_format=layout)
+        steps = source.epochs * math.ceil(len(y) / source.batch_size)
+        opt = torch.optim.Adam(net.parameters(), lr=source.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, source.lr, total_steps=steps)
+        g = torch.Generator().manual_seed(seed)
+        net.train()
+        for ep in range(source.epochs):
+            perm, total = torch.randperm(len(y), generator=g), 0.
+            for st in range(0, len(y), source.batch_size):
+                i = perm[st:st + source.batch_size]
+                xb = prepare_input(x[i].to(dev), spec)
+                if source.shift: xb = random_shift(xb, source.shift, g)
+                loss = F.cross_entropy(net(xb.contiguous(memory_format=layout)), y[i].to(dev))
+                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+                total += loss.item() * len(i)
+            if verbose: print(f"reference {source.name}: epoch {ep + 1}/{source.epochs} loss {total / len(y):.4f}")
+        net = net.to(memory_format=torch.contiguous_format).eval()
+    return net, {'train_seconds': round(time.perf_counter() - t0, 1), 'train_cpu_seconds': round(time.process_time() - c0, 1),
+                 'threads': torch.get_num_threads(), 'device': str(dev), 'n_train': len(y), 'seed': seed}
+
+# %% ../nbs/06_metrics.ipynb #e37f22dd
+REFERENCE_FORMAT = 1   # bump when the file layout or the training loop changes: every cached reference retrains
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    "Hold an exclusive lock on `path` + '.lock' (POSIX), so that parallel processes train a reference once."
+    try: import fcntl
+    except ImportError: yield; return       # no advisory locks (Windows): at worst two processes train the same thing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + '.lock'), 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _load_reference(path: Path, source: ReferenceSource, data_sha: str, device) -> Classifier | None:
+    "The cached classifier at `path`, or None when absent; raises when its weights or data checksum disagree."
+    if not path.exists(): return None
+    d = torch.load(path, map_location='cpu', weights_only=True)
+    meta = d['meta']
+    if state_dict_sha256(d['state_dict']) != meta['sha256']: raise ValueError('weight checksum mismatch')
+    if meta['data_sha256'] != data_sha: raise ValueError('data checksum mismatch')
+    net = REFERENCE_ARCHS[source.arch](tuple(source.shape), meta['n_classes'], **source.net)
+    net.load_state_dict(d['state_dict']); net.eval()
+    spec = ModalitySpec(source.name, tuple(source.shape), source.kind)
+    return Classifier(net.to(device), spec, {**meta, 'cached': str(path), 'status': 'cached'})
+
+def reference_classifier(source: str | ReferenceSource, cache=None, root=None, retrain: bool = False, device=None,
+                         seed: int = 0, verbose: bool = False) -> Classifier:
+    "The reference classifier of `source`: loaded from the cache when weights and data checksums agree, else trained and cached."
+    src = REFERENCE_SOURCES.get(source) if isinstance(source, str) else source
+    check(src is not None, f"no reference source {source!r}; registered: {sorted(REFERENCE_SOURCES)}")
+    dev = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    d = src.load(root)
+    data_sha = reference_data_sha256(d)
+    key = hashlib.sha256(json.dumps({'source': src.name, 'recipe': src.recipe(), 'seed': seed, 'data': data_sha,
+                                     'format': REFERENCE_FORMAT}, sort_keys=True).encode()).hexdigest()
+    root_dir = _cache_root(cache)
+    path = None if root_dir is None else root_dir/'classifiers'/'reference'/f"{_safe(src.name)}-{key[:16]}.pt"
+    with (_exclusive(path) if path is not None else contextlib.nullcontext()):
+        if path is not None and not retrain:
+            try:
+                clf = _load_reference(path, src, data_sha, dev)
+                if clf is not None: return clf
+            except Exception as e: warnings.warn(f"reference classifier cache {path} unusable ({e}); retraining")
+        net, meta = train_reference_net(src, d, seed=seed, device=dev, verbose=verbose)
+        spec = ModalitySpec(src.name, tuple(src.shape), src.kind)
+        clf = Classifier(net, spec)
+        xt, yt = d['test']
+        clf.meta = {'source': src.name, 'about': d.get('about', ''), 'arch': src.arch, 'n_classes': 10,
+                    'accuracy': classifier_accuracy(clf, xt, yt), 'accuracy_on': f"{src.name} test ({len(yt):,} items)",
+                    'n_test': len(yt), **meta, **src.recipe(), 'target': src.target, 'data_sha256': data_sha,
+                    'sha256': state_dict_sha256(net.state_dict()), 'torch': str(torch.__version__)}
+        if path is not None:
+            atomic_torch_save({'state_dict': {k: v.cpu() for k, v in net.state_dict().items()}, 'meta': clf.meta}, path)
+        clf.meta.update(cached=str(path) if path else '', status='trained')
+        return clf
+
+# %% ../nbs/06_metrics.ipynb #7ea10f80
+def _reference_for(dataset, name: str, cache=None, device=None, loaded: dict | None = None) -> Classifier | None:
+    "The reference classifier for modality `name` of `dataset` if its source has one that fits and can be loaded, else None."
+    src = REFERENCE_SOURCES.get((getattr(dataset, 'sources', None) or {}).get(name))
+    if src is None: return None
+    spec = dataset.spec(name)
+    if (spec.kind, tuple(spec.shape)) != (src.kind, tuple(src.shape)):
+        warnings.warn(f"modality {name!r} ({spec.kind} {spec.shape}) does not fit reference {src.name!r} "
+                      f"({src.kind} {src.shape}); training a classifier on this dataset instead")
+        return None
+    if not src.available(None):
+        warnings.warn(f"the data of reference classifier {src.name!r} is not available; training a classifier for "
+                      f"{name!r} on this dataset instead (its accuracy is reported beside each coherence)")
+        return None
+    loaded = {} if loaded is None else loaded      # one load per source, shared by its modalities (PolyMNIST has five)
+    if src.name not in loaded:
+        try: loaded[src.name] = reference_classifier(src, cache=cache, device=device)
+        except FileNotFoundError as e:             # MissingDataError: a file `available` does not look at is missing
+            warnings.warn(f"reference classifier {src.name!r} cannot load its data ({e}); training one for {name!r} on this dataset")
+            return None
+    ref = loaded[src.name]
+    return Classifier(ref.net, spec, {**ref.meta, 'modality': name})
+
+def load_or_train_classifiers(dataset, test=None, names: Sequence[str] | None = None, reference: bool = True, **kw) -> dict:
+    """Classifiers for the modalities in `names` (default all): the cached reference classifier where `dataset.sources`
+    names one (`epochs`, `seed` and other training options do not apply to it), else `load_or_train_classifier` on `dataset`."""
+    out, loaded = {}, {}
+    for n in (names or dataset.modalities):
+        ref = _reference_for(dataset, n, kw.get('cache'), kw.get('device'), loaded) if reference else None
+        out[n] = ref if ref is not None else load_or_train_classifier(dataset, n, test, **kw)
+    return out
+
+def reference_table(cache=None) -> list:
+    "One row per cached reference classifier (source, test accuracy, target, train wall/CPU seconds, threads, items)."
+    root = _cache_root(cache)
+    rows = []
+    for p in sorted((root/'classifiers'/'reference').glob('*.pt')) if root is not None else []:
+        try: m = torch.load(p, map_location='cpu', weights_only=True)['meta']
+        except Exception: continue
+        rows.append({k: m.get(k) for k in ('source', 'accuracy', 'target', 'n_train', 'n_test', 'epochs', 'train_seconds',
+                                             'train_cpu_seconds', 'threads', 'device', 'about')} | {'file': p.name})
+    return rows
+
+def print_reference_table(rows) -> str:
+    "A Markdown table of `reference_table` rows (printed and returned)."
+    lines = ['| source | test accuracy | target | train / test items | epochs | wall s | CPU s | threads |', '|---' * 8 + '|']
+    for r in rows:
+        tgt = '' if r['target'] is None else f"{r['target']:.2f}"
+        lines.append(f"| {r['source']} | {r['accuracy']:.4f} | {tgt} | {r['n_train']:,} / {r['n_test']:,} | {r['epochs']} "
+                     f"| {r['train_seconds']} | {r['train_cpu_seconds']} | {r['threads']} |")
+    text = '\n'.join(lines) if rows else '(no reference classifier cached yet: run `train_reference_classifiers()`)'
+    print(text)
+    return text
+
+def train_reference_classifiers(names: Sequence[str] | None = None, cache=None, root=None, verbose: bool = False) -> dict:
+    "Load or train every registered reference classifier whose data is available (or those in `names`)."
+    names = names or [n for n, s in REFERENCE_SOURCES.items() if s.available(root)]
+    return {n: reference_classifier(n, cache=cache, root=root, verbose=verbose) for n in names}
 
 # %% ../nbs/06_metrics.ipynb #74d5c60f
 def _template_vectors(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
@@ -594,7 +918,7 @@ def iwae_log_likelihood(model, batch: Batch, K: int = 1000, chunk: int | None = 
     check(len(names) > 0, "iwae_log_likelihood: the batch holds data for none of the model's modalities")
     chunk = chunk or default_chunk(model, len(batch), names)
     with eval_mode(model), seeded(seed), conv_channels_last(model), torch.inference_mode():
-        q, prior = model.joint_posterior(batch), model.prior()     # encoders: once per batch
+        q, prior = model.importance_proposal(batch), model.prior()     # encoders: once per batch
 
         def chunks():
             for k in _chunk_sizes(K, chunk):
@@ -618,7 +942,7 @@ def conditional_log_likelihood(model, batch: Batch, given, target, K: int = 1000
     chunk = chunk or default_chunk(model, len(batch), given + target)
     with eval_mode(model), seeded(seed), conv_channels_last(model), torch.inference_mode():
         sub = model.restrict(batch, given)
-        q, prior = model.joint_posterior(sub), model.prior()
+        q, prior = model.importance_proposal(sub), model.prior()
         num = den = None
         for k in _chunk_sizes(K, chunk):
             z = q.sample((k,))
@@ -707,7 +1031,7 @@ def likelihood_rows(model, dataset, K: int = 1000, n: int | None = 1000, batch_s
     for (kind, g, t), v in sums.items():
         v = torch.cat(v)
         out.append(result_row('log_likelihood' if kind == 'joint' else 'conditional_log_likelihood', v.mean().item(),
-                              f'iwae K={K}, proposal q(z|given)' if kind == 'conditional' else f'iwae K={K}, proposal joint posterior',
+                              f'iwae K={K}, proposal q(z|given)' if kind == 'conditional' else f'iwae K={K}, proposal model.importance_proposal',
                               g, t, len(v), stderr=(v.std() / math.sqrt(len(v))).item() if len(v) > 1 else float('nan')))
     return out
 

@@ -37,7 +37,8 @@ def _check_kind(spec: ModalitySpec, x: torch.Tensor):
 class MultimodalDataset:
     "Paired multimodal data as tensors: items per modality, optional row indices, labels, observation mask, relatedness."
     def __init__(self, data: Mapping, specs, labels, rows: Mapping | None = None, mask=None, related=None,
-                 name: str = 'multimodal', synthetic: bool = False, modality_labels: Mapping | None = None):
+                 name: str = 'multimodal', synthetic: bool = False, modality_labels: Mapping | None = None,
+                 sources: Mapping | None = None):
         self.specs = tuple(specs)
         names = tuple(s.name for s in self.specs)
         check(len(names) > 0, "a MultimodalDataset needs at least one modality")
@@ -73,6 +74,9 @@ class MultimodalDataset:
         self.related = None if related is None else torch.as_tensor(related).to(dev)
         check(self.related is None or (self.related.dtype == torch.bool and tuple(self.related.shape) == (n,)),
               f"related must be None or bool of shape ({n},)")
+        self.sources = dict(sources or {})     # modality -> the source its items come from (reference classifiers)
+        check(set(self.sources) <= set(names) and all(isinstance(v, str) for v in self.sources.values()),
+              f"sources must map modalities of {names} to source names (str); got {self.sources}")
         self.modality_labels = {k: torch.as_tensor(v).to(dev) for k, v in (modality_labels or {}).items()}
         for k, v in self.modality_labels.items():
             check(k in names and v.shape[0] == n, f"modality_labels[{k!r}]: unknown modality or length {v.shape[0]} != {n}")
@@ -102,7 +106,8 @@ class MultimodalDataset:
 def _replace(self: MultimodalDataset, **kw) -> MultimodalDataset:
     "A dataset sharing every field of `self` except those in `kw`."
     f = dict(data=self.data, specs=self.specs, labels=self.labels, rows=self.rows, mask=self.mask,
-             related=self.related, name=self.name, synthetic=self.synthetic, modality_labels=self.modality_labels)
+             related=self.related, name=self.name, synthetic=self.synthetic, modality_labels=self.modality_labels,
+             sources=self.sources)
     f.update(kw)
     return MultimodalDataset(**f)
 
@@ -181,15 +186,12 @@ def _cache_root(cache) -> Path | None:
 def load_or_make(cache, relpath: str, make, valid) -> dict:
     "`make()` (a dict of tensors), cached atomically at `cache/relpath` and reused while `valid(d)` holds."
     root = _cache_root(cache)
-    path = None if root is None else root / relpath
-    if path is not None and path.exists():
-        try:
-            d = torch.load(path, weights_only=True)
-            if valid(d): return d
-        except Exception: pass                 # unreadable or stale: rebuild and overwrite
-    d = make()
-    if path is not None: atomic_torch_save(d, path)
-    return d
+    if root is None: return make()
+    from mmvae_nb.data import cached             # content-digest-checked cache entries (03_data)
+    d = cached(root / relpath, make)
+    if valid(d): return d
+    (root / relpath).unlink(missing_ok=True)     # stale (e.g. made by an older version): rebuild
+    return cached(root / relpath, make)
 
 def _images(s, name: str) -> torch.Tensor:
     "The (N, C, H, W) images of an `ImageSet`."
@@ -213,7 +215,7 @@ def mnist_svhn(split: str = 'train', dm: int = 1, seed: int = 0, root=None, cach
     idx = load_or_make(cache, f"pairs/mnist-svhn-{split}-dm{dm}-seed{seed}-max{max_per_class}.pt", make, valid)
     return MultimodalDataset({'mnist': _images(m, 'mnist'), 'svhn': _images(s, 'svhn')}, (MNIST_SPEC, SVHN_SPEC),
                              lm[idx['mnist']], rows={'mnist': idx['mnist'], 'svhn': idx['svhn']},
-                             name=f'mnist-svhn-{split}-dm{dm}')
+                             name=f'mnist-svhn-{split}-dm{dm}', sources={'mnist': 'mnist', 'svhn': 'svhn'})
 
 # %% ../nbs/03a_multimodal.ipynb #4b32730b
 LABEL_SPEC = ModalitySpec('label', (), 'categorical', n_classes=10)
@@ -224,7 +226,7 @@ def mnist_label(split: str = 'train', root=None) -> MultimodalDataset:
     m = data.load_mnist(split, root=root)
     y = m.labels
     return MultimodalDataset({'mnist': _images(m, 'mnist'), 'label': y.clone()}, (MNIST_SPEC, LABEL_SPEC), y,
-                             name=f'mnist-label-{split}')
+                             name=f'mnist-label-{split}', sources={'mnist': 'mnist'})
 
 # %% ../nbs/03a_multimodal.ipynb #ed9e19e7
 def polymnist_dataset(split: str = 'train', root=None) -> MultimodalDataset:
@@ -237,7 +239,8 @@ def polymnist_dataset(split: str = 'train', root=None) -> MultimodalDataset:
         check(len(s.labels) == len(y) and bool((s.labels == y).all()),
               f"PolyMNIST modality 'm{i}' is not aligned with 'm0' (different labels or lengths)")
     specs = tuple(ModalitySpec(f'm{i}', tuple(s.images.shape[1:]), 'image') for i, s in enumerate(sets))
-    return MultimodalDataset({f'm{i}': _images(s, f'm{i}') for i, s in enumerate(sets)}, specs, y, name=f'polymnist-{split}')
+    return MultimodalDataset({f'm{i}': _images(s, f'm{i}') for i, s in enumerate(sets)}, specs, y, name=f'polymnist-{split}',
+                             sources={f'm{i}': 'polymnist' for i in range(len(sets))})
 
 def polymnist_standin(split: str = 'train', n: int | None = None, seed: int = 0, root=None) -> MultimodalDataset:
     "PolyMNIST built offline from MNIST and `data.procedural_backgrounds` — a STAND-IN, not the paper's background photos."
@@ -247,7 +250,9 @@ def polymnist_standin(split: str = 'train', n: int | None = None, seed: int = 0,
     sets = data.build_polymnist(mnist, data.procedural_backgrounds(5, seed=seed), seed=seed + (split != 'train'))
     specs = tuple(ModalitySpec(f'm{i}', tuple(s.images.shape[1:]), 'image') for i, s in enumerate(sets))
     return MultimodalDataset({f'm{i}': _images(s, f'm{i}') for i, s in enumerate(sets)}, specs, sets[0].labels,
-                             name=f'polymnist-standin-{split} (MNIST on procedural backgrounds, not the paper data)', synthetic=True)
+                             name=f'polymnist-standin-{split} (MNIST on procedural backgrounds, not the paper data)', synthetic=True,
+                             # the reference classifier knows seed 0's backgrounds only
+                             sources={f'm{i}': 'polymnist_standin' for i in range(len(sets))} if seed == 0 else None)
 
 def cub_dataset(split: str = 'train', root=None) -> MultimodalDataset:
     "CUB image features and caption tokens, one row per caption; each image's features stored once."
@@ -320,7 +325,8 @@ def farsi_kannada_speech(split: str = 'train', n: int | None = None, seed: int =
              ModalitySpec('kannada', tuple(xk.shape[1:]), 'image', arch='mnist_mlp'),
              ModalitySpec('speech', tuple(xs.shape[1:]), 'features'))
     return MultimodalDataset({'farsi': xf, 'kannada': xk, 'speech': xs}, specs, y,
-                             rows={'farsi': i_f, 'kannada': i_k, 'speech': i_s}, name=f'farsi-kannada-speech-{split}')
+                             rows={'farsi': i_f, 'kannada': i_k, 'speech': i_s}, name=f'farsi-kannada-speech-{split}',
+                             sources={'farsi': 'hoda', 'kannada': 'kannada', 'speech': 'fsdd'})
 
 # %% ../nbs/03a_multimodal.ipynb #c271a3ee
 def observation_mask(n: int, names: Sequence[str], f: float = 1.0, scheme: str = 'split', seed: int = 0) -> torch.Tensor:

@@ -191,4 +191,5 @@ def synthetic_digits(split: str = 'train', n: int | None = None, seed: int = 0, 
     d = load_or_make(cache, f"synthetic/synthetic-digits-v{SYNTHETIC_VERSION}-{split}-seed{seed}-n{n}.pt",
                 lambda: generate_synthetic_digits(n, seed * 1000 + offset), valid)
     return MultimodalDataset({'pen': d['pen'], 'street': d['street']}, (PEN_SPEC, STREET_SPEC), d['pen_labels'][d['rows_pen']],
-                             rows={'pen': d['rows_pen'], 'street': d['rows_street']}, name=NAME, synthetic=True)
+                             rows={'pen': d['rows_pen'], 'street': d['rows_street']}, name=NAME, synthetic=True,
+                             sources={'pen': 'synthetic_pen', 'street': 'synthetic_street'})

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #3a929a7c
 from __future__ import annotations
-import contextlib, csv, dataclasses, importlib.util, io, json, math, os, random, re, sys, time, warnings
+import contextlib, csv, dataclasses, datetime, importlib.util, io, json, math, os, random, re, socket, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -13,17 +13,35 @@ import torch
 from torch import nn
 import torch.distributed as dist
 from tqdm import tqdm
-from .core import Batch, check, seed_everything, atomic_write, atomic_torch_save
+from .core import Batch, check, seed_everything, atomic_write, atomic_torch_save, remove_orphan_temps
+try: import fcntl                      # POSIX file locks (run folders); absent on Windows
+except ImportError: fcntl = None
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TrainConfig', 'parse_overrides', 'kl_warmup', 'warmup_length', 'LRFactor',
-           'make_optimizer', 'make_scheduler', 'rng_state', 'set_rng_state', 'preserved_rng', 'CheckpointManager',
-           'world', 'init_distributed', 'NonFiniteLossError', 'LossModule', 'amp_dtype', 'write_csv',
-           'rescale_data_state', 'loss_sums', 'mean_loss', 'Trainer']
+           'make_optimizer', 'make_scheduler', 'rng_state', 'set_rng_state', 'preserved_rng', 'CheckpointError',
+           'CheckpointManager', 'RunLockedError', 'RunLock', 'DistributedTimeoutError', 'world', 'init_distributed',
+           'is_comm_failure', 'LossModule', 'amp_dtype', 'write_csv', 'rescale_data_state', 'loss_sums', 'mean_loss',
+           'resume_changes', 'apply_lr_changes', 'NonFiniteLossError', 'DivergenceGuard', 'nonfinite_state',
+           'nonfinite_inputs', 'Trainer']
 
 # %% ../nbs/05_train.ipynb #fdf41f88
 OPTIMIZERS = ('adam', 'adamw')
 SCHEDULERS = ('constant', 'cosine', 'step')
+_TYPES = {'int': int, 'float': float, 'bool': bool, 'str': str, 'dict': dict, 'list': (list, tuple), 'tuple': (list, tuple),
+          'None': type(None)}
+
+def _checked(name: str, value, annotation):
+    "`value` checked against a field's simple annotation ('int', 'float | None', ...); ints become floats where floats are expected."
+    kinds = [t.strip() for t in str(annotation).split('|')]
+    if not all(t in _TYPES for t in kinds): return value          # not a simple annotation: not checked
+    if value is None and 'None' in kinds: return value
+    if isinstance(value, bool): ok = 'bool' in kinds              # bool is an int to Python, not to a config
+    elif 'float' in kinds and isinstance(value, (int, float)): return float(value)
+    elif 'int' in kinds and isinstance(value, float) and value.is_integer(): return int(value)
+    else: ok = any(isinstance(value, _TYPES[t]) for t in kinds if t != 'None')
+    check(ok, f"config field {name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__})")
+    return value
 
 @dataclass
 class TrainConfig:
@@ -46,15 +64,22 @@ class TrainConfig:
     compile_backend: str = 'inductor'
     ckpt_every: int = 0              # checkpoint every this many optimiser steps (0: only at epoch ends / the end)
     ckpt_each_epoch: bool = True     # checkpoint at the end of every epoch
-    ckpt_keep: int = 3               # keep the newest k checkpoints
+    ckpt_keep: int = 3               # keep the newest k checkpoints (and the last good one)
     log_every: int = 10              # steps between progress-bar loss updates
     progress: bool = True            # tqdm progress bar (rank 0)
     verbose: bool = True             # one summary line per epoch (rank 0)
     tensorboard: bool = True         # also log to TensorBoard when the package is installed
     find_unused_parameters: bool = True  # DDP: models with masked modalities may leave parameters unused
+    divergence_factor: float = 1e4   # stop when the loss rises this many times its scale above its lowest level; 0: never
+    ddp_timeout: float = 600.0       # seconds a process waits for the others (DDP) before the run stops with a message
     seed: int = 0
 
+    # what `--resume` may change: how long and how fast the run goes on, and how it logs; all else is the run itself
+    resume_changeable = ('epochs', 'lr', 'grad_clip', 'divergence_factor', 'ddp_timeout', 'ckpt_every', 'ckpt_each_epoch',
+                         'ckpt_keep', 'log_every', 'progress', 'verbose', 'tensorboard')
+
     def __post_init__(self):
+        for f in fields(self): setattr(self, f.name, _checked(f.name, getattr(self, f.name), f.type))
         check(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
@@ -65,6 +90,7 @@ class TrainConfig:
         check(self.ckpt_keep >= 1, f"ckpt_keep must be >= 1, got {self.ckpt_keep}")
         check(self.ckpt_every >= 0 and self.log_every >= 1, "ckpt_every must be >= 0 and log_every >= 1")
         check(self.scheduler != 'step' or self.lr_step_epochs > 0, "scheduler 'step' needs lr_step_epochs > 0")
+        check(self.divergence_factor >= 0 and self.ddp_timeout > 0, "divergence_factor must be >= 0 and ddp_timeout > 0")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict: return asdict(self)
@@ -81,10 +107,14 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path):
-        "Read a config saved by `save`."
+        "Read a config saved by `save`; every error names the file."
         path = Path(path)
         check(path.exists(), f"config file {path} not found")
-        return cls.from_dict(json.loads(path.read_text()))
+        try: d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        check(isinstance(d, dict), f"config file {path} must hold a JSON object of fields, not a {type(d).__name__}")
+        try: return cls.from_dict(d)
+        except ValueError as e: raise ValueError(f"config file {path}: {e}") from None
 
     def save(self, path) -> Path:
         with atomic_write(path, 'w') as f: f.write(self.to_json() + '\n')
@@ -169,17 +199,23 @@ def preserved_rng(seed: int | None = None):
     finally: set_rng_state(state)
 
 # %% ../nbs/05_train.ipynb #2b5fa68c
+class CheckpointError(ValueError):
+    "No checkpoint can be read, or the newest one does not fit the run that wants to continue it."
+
 class CheckpointManager:
     "Atomic, rotating checkpoints `ckpt-<step>.pt` in one directory."
     pattern = re.compile(r'^ckpt-(\d{9})\.pt$')
 
-    def __init__(self, directory, keep: int = 3, writer: bool = True):
+    def __init__(self, directory, keep: int = 3, writer: bool = True, clean: bool = True):
         check(keep >= 1, f"keep must be >= 1, got {keep}")
         self.dir, self.keep, self.writer = Path(directory), keep, writer
         # only the writing process may delete: another rank's reader must not remove a save in flight
-        if writer:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            for tmp in self.dir.glob('.ckpt-*.tmp'): tmp.unlink(missing_ok=True)
+        if writer and clean: self.remove_orphans()
+
+    def remove_orphans(self):
+        "Delete the temporary files of saves that were killed (the writer's job, at the start of its run)."
+        if self.writer and self.dir.exists():
+            remove_orphan_temps(self.dir, max_age_s=0)   # the run lock guarantees no other writer here
 
     def path(self, step: int) -> Path: return self.dir / f'ckpt-{step:09d}.pt'
 
@@ -191,47 +227,130 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         ps = self.paths(); return ps[-1] if ps else None
 
-    def save(self, state: dict, step: int) -> Path:
-        "Write `state` atomically as the checkpoint of `step`, then drop all but the newest `keep`."
+    def save(self, state: dict, step: int, protect: Path | None = None) -> Path:
+        "Write `state` atomically as the checkpoint of `step`, then drop all but the newest `keep` (and `protect`)."
         check(self.writer, "this CheckpointManager was opened read-only (writer=False)")
         path = atomic_torch_save(state, self.path(step))
-        for old in self.paths()[:-self.keep]: old.unlink(missing_ok=True)
+        for old in self.paths()[:-self.keep]:
+            if protect is None or old != Path(protect): old.unlink(missing_ok=True)
         return path
 
     def load_latest(self, map_location='cpu'):
-        "(path, state) of the newest readable checkpoint, or (None, None)."
+        "(path, state) of the newest readable checkpoint; (None, None) when there is none; `CheckpointError` when none can be read."
+        errors = []
         for p in reversed(self.paths()):
-            try: return p, torch.load(p, map_location=map_location, weights_only=True)
-            except Exception as e: warnings.warn(f"checkpoint {p} could not be read ({e}); trying an older one")
+            try: state = torch.load(p, map_location=map_location, weights_only=True)
+            except Exception as e: errors.append(f"{p.name}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"); continue
+            if errors: warnings.warn(f"newest checkpoint(s) of {self.dir} unreadable ({'; '.join(errors)}); using {p.name}")
+            return p, state
+        if errors:
+            raise CheckpointError(f"no checkpoint in {self.dir} can be read ({'; '.join(errors)}); nothing was changed. "
+                                  "Move the unreadable files away to resume from an older copy, or train without --resume "
+                                  "(resume=False) to start afresh, which deletes them")
         return None, None
 
-    def clear(self):
-        "Delete every checkpoint (a fresh run in a folder that held an older one)."
+    def mark_bad(self, path: Path) -> Path:
+        "Rename checkpoint `path` to `<name>.bad`: kept for inspection, never resumed from."
         check(self.writer, "this CheckpointManager was opened read-only (writer=False)")
-        for p in self.paths(): p.unlink(missing_ok=True)
+        bad = Path(path).with_name(Path(path).name + '.bad')
+        os.replace(path, bad); return bad
+
+    def clear(self):
+        "Delete every checkpoint, bad ones too (a fresh run in a folder that held an older one)."
+        check(self.writer, "this CheckpointManager was opened read-only (writer=False)")
+        for p in self.paths() + (sorted(self.dir.glob('ckpt-*.pt.bad')) if self.dir.exists() else []): p.unlink(missing_ok=True)
+
+# %% ../nbs/05_train.ipynb #a2c0ffee
+class RunLockedError(RuntimeError):
+    "Another live process is training into the same run folder."
+
+def _pid_alive(pid) -> bool:
+    try: os.kill(int(pid), 0); return True
+    except ProcessLookupError: return False
+    except (PermissionError, ValueError, TypeError, OverflowError): return True
+
+class RunLock:
+    "An exclusive lock on a run folder (`<dir>/.lock`, `flock`), re-entrant in one process; the kernel drops it when the process ends."
+    _held = {}                           # resolved lock path -> [file descriptor, depth]: this process's locks
+
+    def __init__(self, directory):
+        self.dir = Path(directory); self.path = self.dir / '.lock'; self.stale = None
+
+    def _key(self) -> str: return str(self.path.resolve())
+
+    def acquire(self) -> 'RunLock':
+        key = self._key()
+        if key in RunLock._held: RunLock._held[key][1] += 1; return self
+        if fcntl is None:
+            warnings.warn("no fcntl on this system: the run folder is not locked"); RunLock._held[key] = [None, 1]; return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = os.pread(fd, 4096, 0).decode(errors='replace'); os.close(fd)
+                raise RunLockedError(f"{self.dir} is in use by another training ({_owner(owner)}); wait for it to end, or "
+                                     "train into another folder (--out)") from None
+            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError: same = False
+            if same: break
+            os.close(fd)                 # the holder removed the file as we opened it: lock the file that is there now
+        previous = os.pread(fd, 4096, 0).decode(errors='replace').strip()
+        if previous: self.stale = _owner(previous)   # nobody held it: its process ended without releasing it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                                  'started': time.strftime('%Y-%m-%d %H:%M:%S')}).encode(), 0)
+        RunLock._held[key] = [fd, 1]
+        return self
+
+    def release(self):
+        key = self._key(); entry = RunLock._held.get(key)
+        if entry is None: return
+        entry[1] -= 1
+        if entry[1] > 0: return
+        del RunLock._held[key]
+        if entry[0] is None: return
+        with contextlib.suppress(FileNotFoundError): os.unlink(self.path)   # still locked: a waiter re-checks the inode
+        os.close(entry[0])
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+def _owner(text: str) -> str:
+    "The owner recorded in a lock file, in words."
+    try: o = json.loads(text)
+    except ValueError: return 'an unknown process'
+    alive = '' if o.get('host') != socket.gethostname() or _pid_alive(o.get('pid')) else ', no longer running'
+    return f"pid {o.get('pid')} on {o.get('host')}, since {o.get('started')}{alive}"
 
 # %% ../nbs/05_train.ipynb #50ec60dd
+class DistributedTimeoutError(RuntimeError):
+    "A collective waited longer than `ddp_timeout`: another process stalled or died."
+
 def world() -> tuple:
     "(rank, world_size) of this process; (0, 1) outside a process group."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
-def init_distributed(device=None, backend: str | None = None) -> tuple:
-    "Join the `torchrun` process group if the environment describes one; return (rank, world_size, device)."
+def init_distributed(device=None, backend: str | None = None, timeout: float = 600.0) -> tuple:
+    "Join the `torchrun` process group (collectives time out after `timeout` s) if the environment describes one; return (rank, world_size, device)."
     ws = int(os.environ.get('WORLD_SIZE', '1'))
     local = int(os.environ.get('LOCAL_RANK', '0'))
     use_cuda = (torch.device(device).type == 'cuda') if device is not None else torch.cuda.is_available()
     if ws > 1 and not dist.is_initialized():
         if use_cuda: torch.cuda.set_device(local)
-        dist.init_process_group(backend or ('nccl' if use_cuda else 'gloo'))
+        dist.init_process_group(backend or ('nccl' if use_cuda else 'gloo'), timeout=datetime.timedelta(seconds=timeout))
     rank, ws = world()
     dev = torch.device('cuda', local) if use_cuda and ws > 1 else torch.device(device or ('cuda' if use_cuda else 'cpu'))
     return rank, ws, dev
 
-# %% ../nbs/05_train.ipynb #2d87b091
-class NonFiniteLossError(FloatingPointError):
-    "The loss (or gradient norm) became NaN or infinite."
+def is_comm_failure(e: BaseException) -> bool:
+    "Whether `e` is a collective that timed out or lost its peer (gloo raises these as RuntimeError)."
+    backend_error = getattr(dist, 'DistBackendError', ())
+    return isinstance(e, backend_error) or any(s in str(e) for s in ('Timed out', 'timed out', 'Connection closed',
+                                                                      'Connection reset', 'Broken pipe'))
 
+# %% ../nbs/05_train.ipynb #2d87b091
 class LossModule(nn.Module):
     "Wraps a model so that `forward(batch)` is `model.loss(batch)` (what DDP and `torch.compile` wrap)."
     def __init__(self, model: nn.Module): super().__init__(); self.model = model
@@ -259,6 +378,11 @@ def _plain(x):
 
 def _terms_line(terms: dict) -> str:
     return ', '.join(f"{k}={float(v):.6g}" for k, v in terms.items())
+
+def _total_norm(grads: list) -> torch.Tensor:
+    "Global 2-norm of `grads` (what `clip_grad_norm_` computes, without scaling anything)."
+    if hasattr(torch.nn.utils, 'get_total_norm'): return torch.nn.utils.get_total_norm(grads)   # torch >= 2.6
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()).float() for g in grads]))
 
 # %% ../nbs/05_train.ipynb #4b44c1dd
 def rescale_data_state(state: dict, rank: int, world_size: int) -> dict:
@@ -295,9 +419,83 @@ def mean_loss(model: nn.Module, batches: Iterable, device=None) -> dict:
     sums = loss_sums(model, batches, device)
     return {k: (v / sums['n']).item() for k, v in sums.items() if k != 'n'}
 
+# %% ../nbs/05_train.ipynb #b2c0ffee
+def _plain_json(v):
+    "Tuples as lists, so that a config read from JSON compares equal to the one it was written from."
+    if isinstance(v, dict): return {k: _plain_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_plain_json(x) for x in v]
+    return v
+
+def resume_changes(saved: dict, cfg: TrainConfig, where: str = 'the run') -> dict:
+    "`{field: (saved, new)}` where `cfg` differs from the `saved` config of a run it resumes; refuses fields not in `resume_changeable`."
+    now = cfg.to_dict()
+    # fields newer than the checkpoint (absent from `saved`) take the resuming config's value
+    diff = {k: (saved[k], now[k]) for k in now if k in saved and _plain_json(saved[k]) != _plain_json(now[k])}
+    refused = [k for k in diff if k not in type(cfg).resume_changeable]
+    check(not refused, f"cannot resume {where} with another " + ', '.join(f"{k} ({diff[k][0]!r} -> {diff[k][1]!r})" for k in refused)
+          + f": resuming continues the same run, so only {', '.join(type(cfg).resume_changeable)} may change. Start a new run "
+          "(another folder, or without resume) to change the others", CheckpointError)
+    return diff
+
+def apply_lr_changes(optimizer, scheduler, cfg: TrainConfig, steps_per_epoch: int):
+    "Put `cfg`'s base rate and schedule (its `epochs` sets a cosine's length) into restored optimiser/scheduler states."
+    factor = LRFactor(cfg, steps_per_epoch)
+    scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    for g in optimizer.param_groups: g['initial_lr'], g['lr'] = cfg.lr, cfg.lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g['lr'] for g in optimizer.param_groups]
+
+# %% ../nbs/05_train.ipynb #b5c0ffee
+class NonFiniteLossError(FloatingPointError):
+    "The loss or gradient norm became NaN or infinite, the loss diverged, or the parameters became non-finite."
+
+class DivergenceGuard:
+    "Flags a loss above $\\ell_{\\min} + F\\max(1, |\\ell_0|, |\\ell_{\\min}|)$ ($\\ell_{\\min}$: lowest moving average); F = 0 never flags."
+    def __init__(self, factor: float = 1e4, smoothing: float = 0.9):
+        self.factor, self.smoothing = factor, smoothing
+        self.first = self.average = self.lowest = None
+
+    def limit(self) -> float:
+        if not self.factor or self.lowest is None: return math.inf
+        return self.lowest + self.factor * max(1.0, abs(self.first), abs(self.lowest))
+
+    def diverged(self, loss: float) -> bool: return loss > self.limit()
+
+    def update(self, loss: float):
+        "Record the finite loss of a step that was taken."
+        if self.first is None: self.first = self.average = self.lowest = loss; return
+        self.average = self.smoothing * self.average + (1 - self.smoothing) * loss
+        self.lowest = min(self.lowest, self.average)
+
+    def state_dict(self) -> dict: return {'first': self.first, 'average': self.average, 'lowest': self.lowest}
+    def load_state_dict(self, s: dict): self.first, self.average, self.lowest = s['first'], s['average'], s['lowest']
+
+def nonfinite_state(model: nn.Module, optimizer=None) -> list:
+    "Names of the parameters, buffers and optimiser-state tensors of `model` holding NaN or Inf."
+    named = [*model.named_parameters(), *model.named_buffers()]
+    bad = [n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if optimizer is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        for p, s in optimizer.state.items():
+            bad += [f"optimizer {k} of {names.get(id(p), '?')}" for k, t in s.items()
+                    if k != 'step' and torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return bad
+
+def nonfinite_inputs(batch) -> str:
+    "'' when every observed input of `batch` is finite, else which modalities and rows are not."
+    if batch is None or not hasattr(batch, 'data'): return ''
+    out = []
+    for name, x in batch.data.items():
+        if not torch.is_tensor(x) or not x.is_floating_point(): continue
+        bad = ~torch.isfinite(x.flatten(1)).all(1) & batch.observed(name)
+        if bool(bad.any()):
+            rows = (batch.index[bad] if batch.index is not None else bad.nonzero().flatten())[:5].tolist()
+            out.append(f"modality {name!r}: {int(bad.sum())} item(s), e.g. dataset rows {rows}")
+    return '; '.join(out)
+
 # %% ../nbs/05_train.ipynb #20187476
 class Trainer:
-    "Train a model with `loss(batch)`: schedules, AMP, clipping, logs, hooks, atomic checkpoints, exact resume, DDP."
+    "Train a model with `loss(batch)`: schedules, AMP, clipping, logs, hooks, atomic checkpoints, exact resume, DDP, a NaN/divergence guard."
     def __init__(self, model: nn.Module, train_iter, config: TrainConfig, valid_iter=None, out_dir=None,
                  eval_hooks: Sequence[Callable] = ()):
         check(callable(getattr(model, 'loss', None)), "the model must have a loss(batch) method")
@@ -311,19 +509,30 @@ class Trainer:
         check(self.steps_per_epoch > 0, "the training iterator yields no batches (empty dataset or batch larger than the data with drop_last)")
         self.warmup_steps = warmup_length(config, self.steps_per_epoch)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.ckpt = CheckpointManager(self.out_dir / 'checkpoints', config.ckpt_keep, writer=self.is_main) if self.out_dir else None
+        # nothing touches the folder before `fit` holds its lock (and a failed resume leaves it as it was)
+        self.ckpt = (CheckpointManager(self.out_dir / 'checkpoints', config.ckpt_keep, writer=self.is_main, clean=False)
+                     if self.out_dir else None)
         self.optimizer = make_optimizer(model.parameters(), config)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.amp_dtype = amp_dtype(self.device, config.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         loss_fn = LossModule(model)
         if self.world_size > 1:
-            loss_fn = nn.parallel.DistributedDataParallel(
-                loss_fn, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                find_unused_parameters=config.find_unused_parameters)
+            try: loss_fn = nn.parallel.DistributedDataParallel(
+                     loss_fn, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                     find_unused_parameters=config.find_unused_parameters)
+            except RuntimeError as e:                   # DDP's first act is a collective: broadcasting the parameters
+                if not is_comm_failure(e): raise
+                raise DistributedTimeoutError(f"rank {self.rank}: the other processes did not join within ddp_timeout="
+                                              f"{config.ddp_timeout:g} s to share the model's parameters: one of them "
+                                              f"stalled or died ({str(e).splitlines()[0][:200]})") from e
         self.loss_fn = torch.compile(loss_fn, backend=config.compile_backend) if config.compile else loss_fn
         self.step = self.epoch = self.epoch_step = 0
         self.history, self.step_history, self.last_checkpoint, self._sums, self._tb = [], [], None, {}, None
+        self.guard = DivergenceGuard(config.divergence_factor)
+        # `good_checkpoint`: the newest checkpoint confirmed by a step taken from it; `_candidate`: a newer one, not yet
+        self.good_checkpoint, self._candidate, self._batch = None, None, None
+        self.resumed_from, self.changes, self._note = None, [], None
 
     # --- one optimiser step -------------------------------------------------------------------
     def _reduce(self, values: dict) -> dict:
@@ -337,8 +546,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, batch: Batch) -> float:
-        "One optimiser step on `batch`; returns the (rank-averaged) loss."
+        "One optimiser step on `batch`; returns the (rank-averaged) loss. Stops before the update on a bad loss or gradient."
         self.model.kl_scale = kl_warmup(self.step, self.warmup_steps)
+        self._batch = batch
         with self._autocast(): loss, terms = self.loss_fn(batch)
         check(loss.ndim == 0, f"loss(batch) must return a scalar, got shape {tuple(loss.shape)}")
         n = float(len(batch))
@@ -347,29 +557,50 @@ class Trainer:
         vals['n'] = loss.new_tensor(n, dtype=torch.float32)
         vals = self._reduce(vals)
         value = (vals['loss'] / vals['n']).item()
-        if not math.isfinite(value): self._non_finite('loss', value, terms)
+        if not math.isfinite(value): self._stop(f"non-finite loss ({value})", terms)
+        if self.guard.diverged(value):
+            self._stop(f"diverging loss ({value:.4g}, above the limit {self.guard.limit():.4g} set by its lowest moving "
+                       f"average {self.guard.lowest:.4g}; divergence_factor={self.cfg.divergence_factor:g})", terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            # with fp16 an infinite norm is expected now and then: the scaler skips that step itself
-            if not self.scaler.is_enabled() and not bool(torch.isfinite(gn)): self._non_finite('gradient norm', gn.item(), terms)
-            vals['grad_norm'] = gn.detach().float() * vals['n']
+        self.scaler.unscale_(self.optimizer)             # a no-op without fp16 loss scaling
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip is not None: gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        else: gn = _total_norm(grads) if grads else torch.zeros((), device=self.device)
+        # with fp16 an infinite norm is expected now and then: the scaler skips that step itself
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(gn)): self._stop(f"non-finite gradient norm ({gn.item()})", terms)
+        if self._candidate is not None: self.good_checkpoint, self._candidate = self._candidate, None   # confirmed
+        vals['grad_norm'] = gn.detach().float() * vals['n']
         self.scaler.step(self.optimizer); self.scaler.update(); self.scheduler.step()
+        self.guard.update(value)
         for k, v in vals.items(): self._sums[k] = self._sums.get(k, 0.) + v
         self.step += 1; self.epoch_step += 1
         if self.step % self.cfg.log_every == 0:
             self.step_history.append({'step': self.step, 'epoch': self.epoch + 1, 'loss': value, 'kl_scale': self.model.kl_scale})
         return value
 
-    def _non_finite(self, what: str, value: float, terms: dict):
-        where = f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1} of {self.steps_per_epoch})"
-        ck = str(self.last_checkpoint) if self.last_checkpoint else 'none written yet'
-        raise NonFiniteLossError(
-            f"non-finite {what} ({value}) at {where}; loss terms: {_terms_line(terms)}; kl_scale={self.model.kl_scale:.4g}, "
-            f"lr={self.optimizer.param_groups[0]['lr']:.4g}; last good checkpoint: {ck}. Resume from it (resume=True, "
-            f"--resume) after lowering lr or setting grad_clip.")
+    def _stop(self, what: str, terms: dict | None = None, where: str | None = None):
+        "Raise `NonFiniteLossError`: what failed where, whether the inputs were finite, and the last good checkpoint."
+        where = where or (f"at step {self.step + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1} of "
+                          f"{self.steps_per_epoch})")
+        msg = f"{what} {where}"
+        if terms: msg += f"; loss terms: {_terms_line(terms)}"
+        msg += f"; kl_scale={self.model.kl_scale:.4g}, lr={self.optimizer.param_groups[0]['lr']:.4g}"
+        bad_params = nonfinite_state(self.model)
+        msg += f"; parameters now: {'non-finite (' + ', '.join(bad_params[:3]) + ')' if bad_params else 'finite'}"
+        if self._candidate is not None and self.ckpt is not None:  # the failing step was taken from it: not good
+            if self.is_main and self._candidate.exists(): msg += f"; {self._candidate.name}, from which it failed, renamed to " \
+                                                                  f"{self.ckpt.mark_bad(self._candidate).name}"
+            self._candidate = None
+        good = (f"last good checkpoint: {self.good_checkpoint} (resume continues from it)" if self.good_checkpoint else
+                "last good checkpoint: none (no checkpoint was confirmed by a later step; start again)")
+        inputs = nonfinite_inputs(self._batch)
+        if inputs: advice = (f"the batch's inputs are NOT finite ({inputs}): fix the data; a lower learning rate or clipping "
+                             "cannot help")
+        else: advice = ("the batch's inputs are finite, so the optimisation is the likely cause: resume with a lower learning "
+                        "rate or gradient clipping (--resume --set lr=... or --set grad_clip=...; in Python resume=True with "
+                        "config.replace(lr=...))")
+        raise NonFiniteLossError(f"{msg}; {good}; {advice}.")
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self, it=None) -> dict:
@@ -391,6 +622,7 @@ class Trainer:
         row = {'epoch': self.epoch, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
                'kl_scale': self.model.kl_scale, 'seconds': round(seconds, 3)}
         row.update({f'train_{k}': (v / n).item() for k, v in self._sums.items()})
+        if self._note: row['resumed_with'], self._note = self._note, None
         # evaluation draws its own noise (the same every epoch) and leaves the training streams untouched,
         # so the trained parameters do not depend on whether or how often one evaluates
         with preserved_rng(self.cfg.seed + 1_000_003):
@@ -444,15 +676,29 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list:
         "Train until `config.epochs`; with `resume`, continue from the newest checkpoint in `out_dir`. Returns the history."
-        if not (resume and self.resume()):
-            if self.ckpt is not None and self.ckpt.paths() and self.is_main:
-                self._log(f"starting afresh: removing {len(self.ckpt.paths())} old checkpoint(s) in {self.ckpt.dir}")
-                self.ckpt.clear()
-            seed_everything(self.cfg.seed + self.rank)
-        while self.epoch < self.cfg.epochs: self.train_epoch()
-        if self.ckpt is not None and (self.last_checkpoint is None or self.last_checkpoint != self.ckpt.path(self.step)):
-            self.save_checkpoint()
-        if self._tb is not None: self._tb.close(); self._tb = None
+        lock = RunLock(self.out_dir) if self.out_dir is not None and self.is_main else None
+        with (lock or contextlib.nullcontext()):
+            if lock is not None and lock.stale: self._log(f"{self.out_dir}: took over the lock left by {lock.stale}")
+            if resume and self.resumed_from is None: self.resume()
+            if self.resumed_from is None:
+                if self.ckpt is not None and self.ckpt.paths() and self.is_main:
+                    self._log(f"starting afresh: removing {len(self.ckpt.paths())} old checkpoint(s) in {self.ckpt.dir}")
+                    self.ckpt.clear()
+                seed_everything(self.cfg.seed + self.rank)
+            if self.ckpt is not None: self.ckpt.remove_orphans()
+            try:
+                while self.epoch < self.cfg.epochs: self.train_epoch()
+                if self.ckpt is not None and (self.last_checkpoint is None or self.last_checkpoint != self.ckpt.path(self.step)):
+                    self.save_checkpoint()
+            except RuntimeError as e:
+                if self.world_size == 1 or not is_comm_failure(e): raise
+                raise DistributedTimeoutError(
+                    f"rank {self.rank}: the other processes did not answer within ddp_timeout={self.cfg.ddp_timeout:g} s "
+                    f"near step {self.step + 1} (epoch {self.epoch + 1}): one of them stalled or died "
+                    f"({str(e).splitlines()[0][:200]}). Last checkpoint: {self.last_checkpoint or 'none'}; resume from it "
+                    "once every process can run (raise ddp_timeout if one legitimately needs longer)") from e
+            finally:
+                if self._tb is not None: self._tb.close(); self._tb = None
         return self.history
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -464,19 +710,23 @@ class Trainer:
                 'data': _plain(self.train_iter.state_dict()),
                 'valid_data': _plain(self.valid_iter.state_dict()) if hasattr(self.valid_iter, 'state_dict') else None,
                 'sums': {k: float(v) for k, v in self._sums.items()}, 'history': list(self.history),
-                'step_history': list(self.step_history),
+                'step_history': list(self.step_history), 'guard': self.guard.state_dict(),
+                'good_checkpoint': self.good_checkpoint.name if self.good_checkpoint else None, 'changes': list(self.changes),
                 'config': self.cfg.to_dict(), 'world_size': self.world_size, 'rng': [rng_state()]}
 
     def save_checkpoint(self) -> Path | None:
-        "Write a checkpoint of the current step (rank 0 writes; every rank's generator state is included)."
+        "Write a checkpoint of the current step if its state is finite (rank 0 writes; every rank's generator state is included)."
         if self.ckpt is None: return None
+        bad = nonfinite_state(self.model, self.optimizer)
+        if bad: self._stop(f"non-finite state ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) produced by an update "
+                           "whose loss and gradients were finite; no checkpoint written", where=f"after step {self.step}")
         state = self.state_dict()
         if self.world_size > 1:
             rngs = [None] * self.world_size
             dist.all_gather_object(rngs, state['rng'][0]); state['rng'] = rngs
-        if self.is_main: self.ckpt.save(state, self.step)
+        if self.is_main: self.ckpt.save(state, self.step, protect=self.good_checkpoint)
         if self.world_size > 1: dist.barrier()
-        self.last_checkpoint = self.ckpt.path(self.step)
+        self.last_checkpoint = self._candidate = self.ckpt.path(self.step)
         return self.last_checkpoint
 
     def load_state_dict(self, state: dict):
@@ -491,6 +741,8 @@ class Trainer:
         self.step, self.epoch, self.epoch_step = state['step'], state['epoch'], state['epoch_step']
         self._sums = {k: torch.tensor(v, device=self.device, dtype=torch.float32) for k, v in state['sums'].items()}
         self.history, self.step_history = list(state['history']), list(state['step_history'])
+        if state.get('guard'): self.guard.load_state_dict(state['guard'])
+        self.changes = list(state.get('changes', []))
         rngs = state['rng']
         if len(rngs) == self.world_size: set_rng_state(rngs[self.rank])
         else:
@@ -500,13 +752,30 @@ class Trainer:
             seed_everything(self.cfg.seed + 7919 * self.step + self.rank)
 
     def resume(self) -> bool:
-        "Load the newest readable checkpoint of `out_dir`; False (and nothing changed) when there is none."
+        "Continue from the newest readable checkpoint of `out_dir`, checked against this run first; False when there is none."
         if self.ckpt is None: return False
         # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest to the device
-        path, state = self.ckpt.load_latest(map_location='cpu')
+        path, state = self.ckpt.load_latest(map_location='cpu')          # CheckpointError when none can be read
         if path is None:
             self._log(f"no checkpoint in {self.ckpt.dir}: starting afresh"); return False
-        self.load_state_dict(state)
-        self.last_checkpoint = path
-        self._log(f"resumed from {path} (epoch {self.epoch}, step {self.step})")
+        check(isinstance(state, dict) and state.get('format') == 1, f"checkpoint {path} is not a trainer checkpoint "
+              f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})", CheckpointError)
+        changes = resume_changes(state.get('config', {}), self.cfg, f"from {path}")
+        done = state['epoch'] + (state['epoch_step'] > 0)
+        check(self.cfg.epochs >= done, f"cannot resume from {path} with epochs={self.cfg.epochs}: the run has already "
+              f"trained {'into ' if state['epoch_step'] else ''}epoch {done}", CheckpointError)
+        try: self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:300]}; nothing was changed") from e
+        self.guard.factor = self.cfg.divergence_factor
+        good = state.get('good_checkpoint')
+        self.good_checkpoint = self.ckpt.dir / good if good and (self.ckpt.dir / good).exists() else None
+        self.last_checkpoint = self._candidate = self.resumed_from = path
+        if changes:
+            if 'lr' in changes or 'epochs' in changes:
+                apply_lr_changes(self.optimizer, self.scheduler, self.cfg, self.steps_per_epoch)
+            self._note = ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) + f" (at step {self.step})"
+            self.changes.append({'step': self.step, 'epoch': self.epoch, 'changes': {k: list(v) for k, v in changes.items()}})
+        self._log(f"resumed from {path} (epoch {self.epoch}, step {self.step})" + (f"; changed: {self._note}" if changes else ''))
         return True

@@ -153,7 +153,7 @@ def test_mnist_svhn_builds_and_caches(fake_mnist_svhn, tmp_path, monkeypatch):
     monkeypatch.setattr(data, 'load_svhn', lambda split, root=None: image_set(61, 3, 32, 5, name='svhn'))
     fresh = mnist_svhn('test', dm=3, seed=2, cache=tmp_path)
     assert int(fresh.item_index('svhn').max()) < 61
-    assert torch.equal(torch.load(f, weights_only=True)['svhn'], fresh.item_index('svhn'))
+    assert torch.equal(torch.load(f, weights_only=True)['payload']['svhn'], fresh.item_index('svhn'))
     # no caching at all
     assert len(mnist_svhn('test', dm=1, seed=2, cache=False)) == n_base
     assert not (tmp_path / 'pairs' / 'mnist-svhn-test-dm1-seed2-max10000.pt').exists()

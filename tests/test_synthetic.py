@@ -49,11 +49,17 @@ def test_cache_roundtrip(tmp_path):
     ds = synthetic_digits('test', n=40, seed=2, cache=tmp_path)
     f = tmp_path / 'synthetic' / f'synthetic-digits-v{SYNTHETIC_VERSION}-test-seed2-n40.pt'
     assert f.is_file() and [p.name for p in f.parent.iterdir()] == [f.name]     # no temporary left behind
+    from mmvae_nb.data import content_digest
     d = torch.load(f, weights_only=True)
-    d['pen'][:] = 0
-    torch.save(d, f)                                                            # a cached file is what is read back
-    again = synthetic_digits('test', n=40, seed=2, cache=tmp_path)
+    d['payload']['pen'][:] = 0
+    torch.save({'payload': d['payload'], 'content_digest': content_digest(d['payload'])}, f)
+    again = synthetic_digits('test', n=40, seed=2, cache=tmp_path)                # a consistent cached file is read back
     assert int(again.data['pen'].max()) == 0 and torch.equal(again.data['street'], ds.data['street'])
+    d['payload']['pen'][:] = 1
+    torch.save(d, f)                                                             # edited without its digest: corrupt
+    with pytest.warns(UserWarning, match='content digest mismatch'):
+        rebuilt = synthetic_digits('test', n=40, seed=2, cache=tmp_path)
+    assert torch.equal(rebuilt.data['pen'], ds.data['pen'])
     with pytest.raises(ValueError, match="unknown split 'val'"):
         synthetic_digits('val', cache=False)
     with pytest.raises(ValueError, match='n must be at least 10'):

@@ -117,15 +117,18 @@ def test_nan_loss_names_step_terms_and_checkpoint(tmp_path):
     def poison(tr):
         if tr.epoch == 1: tr.model.beta = float('inf')
         return {}
-    cfg = TrainConfig(epochs=3, lr=1e-2, progress=False, verbose=False)
+    cfg = TrainConfig(epochs=3, lr=1e-2, ckpt_every=3, progress=False, verbose=False)
     tr = Trainer(toy_model(), toy_batches(batch_size=16), cfg, out_dir=tmp_path, eval_hooks=[poison])
     with pytest.raises(NonFiniteLossError) as e: tr.fit()
     msg = str(e.value)
     assert 'at step 7 (epoch 2, batch 1 of 6)' in msg and 'kl=' in msg and 'elbo=-inf' in msg
-    assert str(tmp_path / 'checkpoints' / 'ckpt-000000006.pt') in msg
-    # resuming from that checkpoint (with a finite beta) finishes the run
+    # step 7 was taken from the step-6 checkpoint: not good; the step-3 one was confirmed by step 4
+    assert f"last good checkpoint: {tmp_path / 'checkpoints' / 'ckpt-000000003.pt'}" in msg
+    assert 'ckpt-000000006.pt, from which it failed, renamed to ckpt-000000006.pt.bad' in msg
+    assert "inputs are finite" in msg and 'lower learning rate' in msg
+    # resuming from it (with a finite beta) finishes the run
     tr2 = Trainer(toy_model(seed=3), toy_batches(batch_size=16), cfg, out_dir=tmp_path)
-    assert len(tr2.fit(resume=True)) == 3 and tr2.step == 18
+    assert len(tr2.fit(resume=True)) == 3 and tr2.step == 18 and tr2.resumed_from.name == 'ckpt-000000003.pt'
 
 
 def test_nonfinite_gradient_is_reported(tmp_path):
