@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch/torchvision are pinned in constraints.txt (on these machines pip serves them from local disk).
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test venv export-check nbtest pytest clean-nbs bench gpu-check
+.PHONY: extra-data demo test venv export-check nbtest pytest clean-nbs bench gpu-check
 
 venv: $(STAMP)
 
@@ -40,7 +40,15 @@ pytest: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q
 
 # pytest runs last so its summary line closes the run.
-test: export-check nbtest pytest
+# Fashion-MNIST (the own-data example, its reference classifier) comes from Debian's dataset-fashion-mnist:
+# installed when apt-get can (as root); without it those tests skip with the reason.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+extra-data:
+	@test -f $(FASHION_DIR)/train-images-idx3-ubyte.gz || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): its tests will skip"
+
+test: extra-data export-check nbtest pytest
 
 clean-nbs: $(STAMP)
 	$(VENV)/bin/nbdev_clean

@@ -107,6 +107,10 @@ def _nominal(dataset: str, kw: dict) -> tuple:
         specs = (ModalitySpec('farsi', (1, 28, 28), 'image', arch='mnist_mlp'),
                  ModalitySpec('kannada', (1, 28, 28), 'image', arch='mnist_mlp'), ModalitySpec('speech', (13,), 'features'))
         return specs, kw.get('n') or 60000, 'Hoda and Kannada-MNIST training splits (6,000 per class, no replacement)'
+    if dataset == 'mmvae_nb.papers.triplet:seed003_triplets':    # seed 003: linear models, Kannada pool split 80/20
+        specs = (ModalitySpec('farsi', (1, 28, 28), 'image', arch='linear'),
+                 ModalitySpec('kannada', (1, 28, 28), 'image', arch='linear'), ModalitySpec('speech', (13,), 'features', arch='linear'))
+        return specs, kw.get('n') or 16190, 'Kannada pool (Dig-MNIST + test) 80% part, one triplet per image'
     if dataset == 'cub':   # approximate: the vocabulary size depends on the captions (MMVAE's CUB vocabulary: 1,590)
         return (ModalitySpec('image', (2048,), 'features'), ModalitySpec('caption', (32,), 'sequence', n_classes=1590)), \
             88550, 'CUB train classes, 10 captions per image (approximate vocabulary)'

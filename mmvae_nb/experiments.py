@@ -647,11 +647,11 @@ def reproduce(name: str, scale: str = 'cpu', device=None, data_root=None, out_di
     print(f"report: {out_dir / 'report.md'}", flush=True)
     return out_dir
 
-# %% ../nbs/10_experiments.ipynb #bb10d6c1
+# %% ../nbs/10_experiments.ipynb #820ed8e0
 register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,
                                                                       epochs=10, batch_size=128, lr=1e-3)},
                     evaluate=['test_bound', 'metrics']))
 
-# %% ../nbs/10_experiments.ipynb #fb8e336a
+# %% ../nbs/10_experiments.ipynb #af115579
 # the papers' chapters register their experiments in `mmvae_nb.papers.*` (design.md); imported last, after all they use
 from . import papers as _papers

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 import torch
-from .core import ModalitySpec, Batch, check, default_device, atomic_torch_save
+from .core import ModalitySpec, Batch, check, check_values, default_device, atomic_torch_save
 
 # %% auto #0
 __all__ = ['MNIST_SPEC', 'SVHN_SPEC', 'LABEL_SPEC', 'MultimodalDataset', 'concat', 'pair_by_class', 'load_or_make', 'mnist_svhn',
@@ -38,7 +38,7 @@ class MultimodalDataset:
     "Paired multimodal data as tensors: items per modality, optional row indices, labels, observation mask, relatedness."
     def __init__(self, data: Mapping, specs, labels, rows: Mapping | None = None, mask=None, related=None,
                  name: str = 'multimodal', synthetic: bool = False, modality_labels: Mapping | None = None,
-                 sources: Mapping | None = None):
+                 sources: Mapping | None = None, validate: bool = True):
         self.specs = tuple(specs)
         names = tuple(s.name for s in self.specs)
         check(len(names) > 0, "a MultimodalDataset needs at least one modality")
@@ -80,6 +80,17 @@ class MultimodalDataset:
         self.modality_labels = {k: torch.as_tensor(v).to(dev) for k, v in (modality_labels or {}).items()}
         for k, v in self.modality_labels.items():
             check(k in names and v.shape[0] == n, f"modality_labels[{k!r}]: unknown modality or length {v.shape[0]} != {n}")
+        if validate: self.check_values()
+
+    def check_values(self):
+        "`core.check_values` on every item an observed row uses: NaN/Inf, float images outside [0, 1], ids outside the vocabulary."
+        for k, s in enumerate(self.specs):
+            x, r = self.data[s.name], self.rows[s.name]
+            if x.device.type == 'meta' or len(x) == 0: continue
+            used = self.mask[:, k] if r is None else torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(
+                0, r[self.mask[:, k]].to(x.device), True)
+            try: check_values(s, x, used.to(x.device))
+            except ValueError as e: raise ValueError(f"dataset {self.name!r}: {e} (row = item index of the modality)") from None
 
     def __len__(self): return len(self.labels)
     @property
@@ -109,7 +120,8 @@ def _replace(self: MultimodalDataset, **kw) -> MultimodalDataset:
              related=self.related, name=self.name, synthetic=self.synthetic, modality_labels=self.modality_labels,
              sources=self.sources)
     f.update(kw)
-    return MultimodalDataset(**f)
+    # items checked once, when the dataset was made: views of the same tensors need no second pass
+    return MultimodalDataset(**f, validate='data' in kw or 'specs' in kw)
 
 def _subset(self: MultimodalDataset, idx) -> MultimodalDataset:
     "The rows selected by `idx` (indices or a bool mask); item tensors are shared, not copied."

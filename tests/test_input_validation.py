@@ -98,3 +98,50 @@ def test_quick_fit_stops_on_non_finite_loss():
     m.loss = nan_loss
     with pytest.raises(FloatingPointError, match='quick_fit: the loss is nan at step 1'):
         quick_fit(m, ds, steps=3, batch_size=8)
+
+
+def test_dataset_checks_values_once_at_construction():
+    from mmvae_nb.multimodal import MultimodalDataset
+    specs = (ModalitySpec('f', (3,), 'features'), ModalitySpec('t', (4,), 'sequence', n_classes=5))
+    f, t = torch.randn(6, 3), torch.randint(0, 5, (6, 4))
+    ds = MultimodalDataset({'f': f, 't': t}, specs, torch.zeros(6, dtype=torch.long))
+    f_bad = f.clone(); f_bad[4, 1] = float('inf')
+    with pytest.raises(ValueError, match=r"dataset 'multimodal': modality 'f': NaN or Inf values in row 4"):
+        MultimodalDataset({'f': f_bad, 't': t}, specs, torch.zeros(6, dtype=torch.long))
+    mask = torch.ones(6, 2, dtype=torch.bool); mask[4, 0] = False          # hidden: allowed
+    MultimodalDataset({'f': f_bad, 't': t}, specs, torch.zeros(6, dtype=torch.long), mask=mask)
+    t_bad = t.clone(); t_bad[2, 3] = 5
+    with pytest.raises(ValueError, match=r"token ids must be in 0..4"):
+        MultimodalDataset({'f': f, 't': t_bad}, specs, torch.zeros(6, dtype=torch.long))
+    img = ModalitySpec('img', (1, 2, 2))
+    with pytest.raises(ValueError, match='divide by 255'):
+        MultimodalDataset({'img': torch.rand(3, 1, 2, 2) * 255}, (img,), torch.zeros(3, dtype=torch.long))
+    # shared items (rows=): only items used by an observed row are checked
+    items = torch.rand(4, 1, 2, 2); items[3] = float('nan')
+    MultimodalDataset({'img': items}, (img,), torch.zeros(5, dtype=torch.long), rows={'img': torch.tensor([0, 1, 2, 1, 0])})
+
+
+def test_classifier_on_few_distinct_items_is_an_exact_lookup_and_small_data_trains_enough_steps():
+    "Issue 10: 10 distinct captions used to get 5 Adam steps and a capped coherence; now an exact lookup, with a warning."
+    from mmvae_nb.multimodal import MultimodalDataset
+    from mmvae_nb.metrics import train_classifier
+    import mmvae_nb.metrics as M
+    spec = ModalitySpec('text', (3,), 'sequence', n_classes=12)
+    captions = torch.stack([torch.tensor([c, c + 1, 0]) for c in range(10)])
+    labels = torch.arange(10).repeat(30)
+    ds = MultimodalDataset({'text': captions}, (spec,), labels, rows={'text': labels})
+    with pytest.warns(UserWarning, match='only 10 distinct items: classified by exact lookup'):
+        clf = train_classifier(ds, 'text', epochs=5, test=ds)
+    assert clf.meta['arch'] == 'lookup' and clf.meta['accuracy'] == 1.0
+    assert torch.equal(clf.predict(captions[[3, 7]]), torch.tensor([3, 7]))
+    # a small (but not tiny) training set still gets at least MIN_CLASSIFIER_STEPS steps
+    feats = ModalitySpec('f', (2,), 'features')
+    y = torch.arange(4).repeat(50)
+    x = torch.nn.functional.one_hot(y, 4)[:, :2].float() * 3 + torch.randn(200, 2) * 0.1 + y[:, None].float()
+    steps = []
+    real_step = torch.optim.Adam.step
+    def counting_step(self, *a, **k): steps.append(1); return real_step(self, *a, **k)
+    torch.optim.Adam.step = counting_step
+    try: train_classifier(MultimodalDataset({'f': x}, (feats,), y), 'f', epochs=1, batch_size=256)
+    finally: torch.optim.Adam.step = real_step
+    assert len(steps) >= M.MIN_CLASSIFIER_STEPS
