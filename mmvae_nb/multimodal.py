@@ -119,9 +119,10 @@ def _replace(self: MultimodalDataset, **kw) -> MultimodalDataset:
     f = dict(data=self.data, specs=self.specs, labels=self.labels, rows=self.rows, mask=self.mask,
              related=self.related, name=self.name, synthetic=self.synthetic, modality_labels=self.modality_labels,
              sources=self.sources)
+    # items checked once, when the dataset was made: views or copies of the same tensors need no second pass
+    validate = kw.pop('validate', 'data' in kw or 'specs' in kw)
     f.update(kw)
-    # items checked once, when the dataset was made: views of the same tensors need no second pass
-    return MultimodalDataset(**f, validate='data' in kw or 'specs' in kw)
+    return MultimodalDataset(**f, validate=validate)
 
 def _subset(self: MultimodalDataset, idx) -> MultimodalDataset:
     "The rows selected by `idx` (indices or a bool mask); item tensors are shared, not copied."
@@ -134,7 +135,7 @@ def _subset(self: MultimodalDataset, idx) -> MultimodalDataset:
 def _to(self: MultimodalDataset, device) -> MultimodalDataset:
     "Every tensor of the dataset on `device` (a no-op for tensors already there)."
     mv = lambda t: None if t is None else t.to(device)
-    return self.replace(data={k: v.to(device) for k, v in self.data.items()}, labels=self.labels.to(device),
+    return self.replace(validate=False, data={k: v.to(device) for k, v in self.data.items()}, labels=self.labels.to(device),
                         rows={k: mv(v) for k, v in self.rows.items()}, mask=self.mask.to(device),
                         related=mv(self.related), modality_labels={k: v.to(device) for k, v in self.modality_labels.items()})
 
