@@ -17,13 +17,16 @@ from .core import atomic_write, atomic_torch_save, check, remove_orphan_temps
 __all__ = ['ENV_DATA', 'ENV_CACHE', 'ENV_VERIFY', 'VERIFY_BELOW', 'CACHE_VERSION', 'MNIST_URL', 'MNIST_FILES', 'FASHION_URL',
            'FASHION_FILES', 'FASHION_SYSTEM_DIR', 'FASHION_CONTENT_MD5', 'FASHION_CLASSES', 'KANNADA_FILES',
            'HODA_FILES', 'SVHN_FILES', 'CELEBA_FILES', 'CELEBA_ZIP', 'CELEBA_SPLITS', 'CUB_SPECIALS',
-           'POLYMNIST_SOURCE', 'FSDD_SOURCE', 'DATASETS', 'SPLITS', 'data_root', 'cache_dir', 'MissingDataError',
-           'ChecksumError', 'RawFile', 'file_digests', 'file_digest', 'download_file', 'verify_files', 'ensure_files',
-           'ImageSet', 'FeatureSet', 'cache_path', 'content_digest', 'cached', 'raw_digests', 'stat_fingerprint',
-           'read_idx', 'write_idx', 'load_mnist', 'load_fashion_mnist', 'load_kannada', 'read_cdb', 'decode_cdb_runs',
-           'fit_to_canvas', 'read_hoda_mat', 'load_hoda', 'load_svhn', 'load_celeba', 'tokenize', 'build_vocab',
-           'encode_captions', 'load_cub', 'load_polymnist', 'write_polymnist', 'procedural_backgrounds',
-           'build_polymnist', 'mfcc_summary', 'load_fsdd', 'available', 'show_grid', 'show_features']
+           'POLYMNIST_SOURCE', 'POLYMNIST_BACKGROUND_DIR', 'POLYMNIST_BACKGROUNDS', 'POLYMNIST_M1_SUBSTITUTE',
+           'POLYMNIST_BACKGROUND_SOURCE', 'FSDD_SOURCE', 'DATASETS', 'SPLITS', 'data_root', 'cache_dir',
+           'MissingDataError', 'ChecksumError', 'RawFile', 'file_digests', 'file_digest', 'download_file',
+           'verify_files', 'ensure_files', 'ImageSet', 'FeatureSet', 'cache_path', 'content_digest', 'cached',
+           'raw_digests', 'stat_fingerprint', 'read_idx', 'write_idx', 'load_mnist', 'load_fashion_mnist',
+           'load_kannada', 'read_cdb', 'decode_cdb_runs', 'fit_to_canvas', 'read_hoda_mat', 'load_hoda', 'load_svhn',
+           'load_celeba', 'tokenize', 'build_vocab', 'encode_captions', 'load_cub', 'load_polymnist', 'write_polymnist',
+           'procedural_backgrounds', 'build_polymnist', 'polymnist_background_files', 'polymnist_rebuilt_name',
+           'load_backgrounds', 'rebuild_polymnist', 'polymnist_kind', 'polymnist_default', 'mfcc_summary', 'load_fsdd',
+           'available', 'show_grid', 'show_features']
 
 # %% ../nbs/03_data.ipynb #91d2c358
 ENV_DATA, ENV_CACHE = 'MMVAE_NB_DATA', 'MMVAE_NB_CACHE'
@@ -671,6 +674,78 @@ def build_polymnist(mnist: ImageSet, backgrounds: list, seed: int = 0) -> list[I
         crops = bg[:, (top[:, None] + ar)[:, :, None], (left[:, None] + ar)[:, None, :]].permute(1, 0, 2, 3)   # (N, 3, 28, 28)
         out.append(ImageSet(torch.where(digits[:, None], 255 - crops, crops), sorted_labels.clone(), f'polymnist-m{m}'))
     return out
+
+# %% ../nbs/03_data.ipynb #c692d6bc
+POLYMNIST_BACKGROUND_DIR = 'PolyMNIST/backgrounds'        # under the data root
+# the authors' m0..m4 in sorted-filename order; m1 (Munch's The Scream) is absent here
+POLYMNIST_BACKGROUNDS = ('00flowers-19830_1280.jpg', None, '02lena3.jpg', '03milky-way-2695569_1280.jpg', '04poppies-174276_1280.jpg')
+POLYMNIST_M1_SUBSTITUTE = '05tree-736885_1280.jpg'        # the first ExtendedPolyMNIST background (its m5)
+POLYMNIST_BACKGROUND_SOURCE = ('poly_background/ of https://github.com/rooshenasgroup/sbmae (ExtendedPolyMNIST; 00..04 are '
+                               "MoPoE's originals but 01, The Scream)")
+_TEST_SEED_OFFSET = 1_000_003                              # the test split's draws are independent of the train split's
+
+def polymnist_background_files(substitute: str = POLYMNIST_M1_SUBSTITUTE) -> list[str]:
+    "The five background file names of m0..m4: the originals, with `substitute` for the missing m1."
+    return [substitute if f is None else f for f in POLYMNIST_BACKGROUNDS]
+
+def polymnist_rebuilt_name(names=None) -> str:
+    "How the rebuilt set is named wherever it is shown."
+    names = list(names or polymnist_background_files())
+    subs = [f"m{m} substituted by {n}" for m, (n, o) in enumerate(zip(names, POLYMNIST_BACKGROUNDS)) if n != o]
+    return f"PolyMNIST (rebuilt{', ' + ', '.join(subs) if subs else ''})"
+
+def _background_paths(names, root) -> list[Path]:
+    folder = data_root(root)/POLYMNIST_BACKGROUND_DIR
+    missing = [n for n in names if not (folder/n).is_file()]
+    if missing:
+        raise MissingDataError(f"PolyMNIST background image(s) {missing} missing in {folder}. Put the JPEGs there "
+                               f"(source: {POLYMNIST_BACKGROUND_SOURCE}), or use the released PolyMNIST files "
+                               f"({POLYMNIST_SOURCE}).")
+    return [folder/n for n in names]
+
+def load_backgrounds(names=None, root=None) -> list[torch.Tensor]:
+    "The background JPEGs `names` (default m0..m4 with the m1 substitute) as uint8 (3, H, W), decoded by PIL as the authors do."
+    from PIL import Image
+    out = []
+    for p in _background_paths(list(names or polymnist_background_files()), root):
+        with Image.open(p) as im: out.append(torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1).contiguous())
+    return out
+
+def rebuild_polymnist(split: str = 'train', root=None, seed: int = 0, n: int | None = None, backgrounds=None,
+                      cache=None) -> list[ImageSet]:
+    "PolyMNIST `split` built from MNIST and the background JPEGs by the authors' procedure; cached; `n`: the first n MNIST images only."
+    _check_split(split, ('train', 'test'), 'PolyMNIST')
+    names = list(backgrounds or polymnist_background_files())
+    bg_paths = _background_paths(names, root)              # raises, naming the folder and file, before MNIST is touched
+    mn_paths = ensure_files('MNIST/raw', MNIST_FILES[split], root, download=False, cache=cache)
+    digests = {**raw_digests(MNIST_FILES[split], mn_paths, cache),
+               **{f'bg:{n}': f'sha256:{d}' for n, d in zip(names, file_digests(bg_paths, 'sha256', cache))}}
+    split_seed = seed + (split == 'test') * _TEST_SEED_OFFSET
+    def build():
+        mnist = load_mnist(split, root=root, download=False, cache=cache)
+        if n is not None: mnist = mnist.subset(torch.arange(min(n, len(mnist))))
+        sets = build_polymnist(mnist, load_backgrounds(names, root), seed=split_seed)
+        return {'images': [s.images for s in sets], 'labels': sets[0].labels}
+    params = {'seed': split_seed, 'n': n, 'backgrounds': names, 'procedure': 'build_polymnist v1'}
+    d = cached(cache_path('polymnist_rebuilt', split, digests, params, cache), build)
+    return [ImageSet(x, d['labels'], f'polymnist-rebuilt-{split}-m{m}', {'background': names[m]}) for m, x in enumerate(d['images'])]
+
+def polymnist_kind(root=None, split: str = 'train') -> str:
+    "'released' (PolyMNIST files present), 'rebuilt' (backgrounds + MNIST present) or 'standin' (neither): what PolyMNIST users get."
+    if available('polymnist', root, split): return 'released'
+    if available('mnist', root, split) and all((data_root(root)/POLYMNIST_BACKGROUND_DIR/f).is_file() for f in polymnist_background_files()):
+        return 'rebuilt'
+    return 'standin'
+
+def polymnist_default(split: str = 'train', root=None) -> tuple[list[ImageSet], str]:
+    "(modality sets, name) of PolyMNIST `split`: the released files, else the rebuilt set (the stand-in is `multimodal.polymnist_standin`)."
+    try: return load_polymnist(split, root=root), 'PolyMNIST (released files)'
+    except MissingDataError: pass
+    try: return rebuild_polymnist(split, root=root), polymnist_rebuilt_name()
+    except MissingDataError: pass
+    raise MissingDataError(f"neither the PolyMNIST files ({data_root(root)}/PolyMNIST/{split}/m0..m4; source: {POLYMNIST_SOURCE}) "
+                           f"nor its backgrounds + MNIST ({data_root(root)/POLYMNIST_BACKGROUND_DIR}; source: "
+                           f"{POLYMNIST_BACKGROUND_SOURCE}) are present; `multimodal.polymnist_standin` works without them")
 
 # %% ../nbs/03_data.ipynb #23c8d0cd
 def mfcc_summary(clips, sr: int = 8000, n_mfcc: int = 13, n_fft: int = 200, hop_length: int = 80,

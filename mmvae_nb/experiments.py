@@ -15,10 +15,10 @@ from .train import (TrainConfig, Trainer, CheckpointManager, RunLock, init_distr
 
 # %% auto #0
 __all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'MMVAE_PAPER', 'CPU_EVAL',
-           'MMVAE_CITE', 'MVAE_CITE', 'LABEL_EVAL', 'MS_EVAL', 'SUTTER_MS', 'SUTTER_MS_CPU', 'POLY_EVAL',
-           'NEUTRAL_FIELDS', 'ExperimentConfig', 'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator',
-           'test_bound', 'standard_metrics', 'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures',
-           'loss_figure', 'scale_statement', 'unmeasured_table', 'Experiment', 'register', 'mmvae_paper_numbers',
+           'MMVAE_CITE', 'MVAE_CITE', 'MS_EVAL', 'SUTTER_MS', 'SUTTER_MS_CPU', 'NEUTRAL_FIELDS', 'ExperimentConfig',
+           'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics',
+           'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement',
+           'unmeasured_table', 'Experiment', 'register', 'likelihood_trend', 'trend_table', 'mmvae_paper_numbers',
            'validate_config', 'apply_overrides', 'check_resumable', 'train', 'load_run', 'report_experiment',
            'evaluate', 'changes', 'write_report', 'reproduce']
 
@@ -156,7 +156,7 @@ def test_bound(model, data: dict, cfg: ExperimentConfig) -> dict:
     return {f'test_{k}': v for k, v in mean_loss(model, it).items()}
 
 METRICS_DEFAULTS = dict(classifier_epochs=30, joint_n=10000, latent=('mmvae', 'mopoe'), latent_epochs=30, n_logreg=500,
-                        n=None, likelihood_K=None, likelihood_n=1000)
+                        n=None, likelihood_K=None, likelihood_n=1000, likelihood_marginals=False)
 
 def standard_metrics(model, data: dict, cfg: ExperimentConfig) -> list:
     "Coherence, joint coherence, latent accuracy (and likelihoods) by `metrics.evaluate_model`, options from `cfg.eval_kwargs`."
@@ -167,7 +167,8 @@ def standard_metrics(model, data: dict, cfg: ExperimentConfig) -> list:
     classifiers = metrics.load_or_train_classifiers(data['train'], data['test'], epochs=o['classifier_epochs'], seed=cfg.seed)
     return metrics.evaluate_model(model, data['test'], classifiers, train=data['train'], latent=tuple(o['latent']),
                                   joint_n=o['joint_n'], latent_epochs=o['latent_epochs'], n_logreg=o['n_logreg'], n=o['n'],
-                                  likelihood_K=o['likelihood_K'], likelihood_n=o['likelihood_n'], seed=cfg.seed)
+                                  likelihood_K=o['likelihood_K'], likelihood_n=o['likelihood_n'],
+                                  likelihood_marginals=o['likelihood_marginals'], seed=cfg.seed)
 
 EVALUATORS = {'test_bound': test_bound, 'metrics': standard_metrics}
 
@@ -305,6 +306,7 @@ class Experiment:
     evaluate: list = field(default_factory=lambda: ['test_bound', 'metrics'])
     paper_results: dict = field(default_factory=dict)   # (metric, given, target[, protocol]) -> (value, source)
     notes: str = ''
+    train_hooks: list = field(default_factory=list)      # trainer -> dict, run after each epoch (e.g. `likelihood_trend`)
 
     def config(self, scale: str = 'cpu', **overrides) -> ExperimentConfig:
         "The config at `scale`, with `overrides` applied (validated)."
@@ -321,6 +323,30 @@ def register(exp: Experiment) -> Experiment:
     "Add `exp` to `EXPERIMENTS` (names are unique)."
     check(exp.name not in EXPERIMENTS, f"experiment {exp.name!r} is already registered")
     EXPERIMENTS[exp.name] = exp; return exp
+
+# %% ../nbs/10_experiments.ipynb #04159f80
+def likelihood_trend(every: float = 0.1, K: int = 1000, n: int = 1000, marginals: bool = False, conditionals: bool = False):
+    "A train hook: at every `every` fraction of the epochs (and the last), `metrics.likelihood_rows` on `n` test items as `trend_*` keys."
+    check(0 < every <= 1, f"every must be a fraction in (0, 1]; got {every}")
+    def hook(trainer) -> dict:
+        from mmvae_nb.metrics import likelihood_rows
+        done, total = len(trainer.history) + 1, trainer.cfg.epochs
+        period = max(1, round(every * total))
+        if done % period and done != total: return {}
+        rows = likelihood_rows(trainer.model, trainer.valid_iter.dataset, K=K, n=n, conditionals=conditionals,
+                               marginals=marginals, seed=0)
+        return {f"trend_{r['metric']}({r['given']} → {r['target']})": r['value'] for r in rows}
+    hook.__name__ = f'likelihood_trend(K={K}, n={n})'
+    return hook
+
+def trend_table(history) -> str:
+    "Markdown table of the `trend_*` entries of `history` rows: one row per epoch that has them; '' if none."
+    rows = [h for h in history if any(k.startswith('trend_') for k in h)]
+    if not rows: return ''
+    keys = sorted({k for h in rows for k in h if k.startswith('trend_')})
+    lines = ['| epoch | ' + ' | '.join(k[len('trend_'):] for k in keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    lines += [f"| {h['epoch'] + 1} | " + ' | '.join(f"{h[k]:.2f}" if k in h else '—' for k in keys) + ' |' for h in rows]
+    return '\n'.join(lines)
 
 # %% ../nbs/10_experiments.ipynb #24cecb27
 MMVAE_PAPER = dict(model='mmvae', model_kwargs={'objective': 'dreg_looser', 'learn_prior': True, 'posterior': 'laplace_softmax'},
@@ -365,39 +391,6 @@ register(Experiment(
           "were not recovered. Needs SVHN: put SVHN/{train,test}_32x32.mat under the data root."))
 
 MVAE_CITE = 'Wu, Goodman. Multimodal Generative Models for Scalable Weakly-Supervised Learning. NeurIPS 2018'
-LABEL_EVAL = {'classifier_epochs': 5, 'joint_n': 2000, 'latent': ['mmvae'], 'latent_epochs': 5}
-register(Experiment(
-    'mvae_mnist', 'MVAE on MNIST + label', MVAE_CITE,
-    _scales('mvae_mnist', dict(model='mvae', model_kwargs={'subset_mode': 'mvae', 'k': 0}, dataset='mnist_label',
-                               modality_kwargs={'likelihood': {'mnist': 'bernoulli'}, 'weight': {'label': 50.0},
-                                                'hidden': {'mnist': [512, 512], 'label': [512, 512]}},
-                               latent_dim=64, batch_size=100, epochs=500, lr=1e-3, warmup_epochs=200,
-                               eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mmvae'], 'latent_epochs': 30}),
-            dict(n_train=6000, n_test=1000, epochs=3, warmup_epochs=1.2, eval_kwargs=LABEL_EVAL),
-            "6,000 training and 1,000 test images, 3 epochs instead of 500, KL warm-up 1.2 epochs instead of 200 "
-            "(the same 40% of training); evaluation: classifiers 5 epochs, latent classifiers 5 epochs, 2,000 prior samples."),
-    paper_results={('test_elbo_joint', '', ''): (-188.8, "MVAE paper as quoted by MultiVae (reported as 188.8, i.e. −ELBO); "
-                                                 "our term weights the label by λ=50, so it is not the same quantity")},
-    notes="Image: Bernoulli likelihood on intensities (not binarised), MLP 784-512-512 (the paper's Swish activations are "
-          "ReLU here); label: categorical, weight λ=50 (the README's --lambda-text 50); ELBO(x,y)+ELBO(x)+ELBO(y)."))
-
-register(Experiment(
-    'jmvae_mnist', 'JMVAE-kl on MNIST + label', 'Suzuki, Nakayama, Matsuo. Joint Multimodal Learning with Deep Generative Models. ICLR 2017 workshop',
-    _scales('jmvae_mnist', dict(model='jmvae', model_kwargs={'alpha': 1.0}, dataset='mnist_label',
-                                modality_kwargs={'likelihood': {'mnist': 'bernoulli'},
-                                                 'hidden': {'mnist': [512, 512], 'label': [512, 512]}},
-                                latent_dim=64, batch_size=100, epochs=100, lr=1e-3,
-                                eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mmvae'], 'latent_epochs': 30,
-                                             'likelihood_K': 1000, 'likelihood_n': 10000}),
-            dict(n_train=6000, n_test=1000, epochs=3, eval_kwargs={**LABEL_EVAL, 'likelihood_K': 100, 'likelihood_n': 500}),
-            "6,000 training and 1,000 test images, 3 epochs instead of 100; evaluation: classifiers 5 epochs, latent "
-            "classifiers 5 epochs, 2,000 prior samples, log-likelihoods with K=100 on 500 test items instead of K=1,000."),
-    paper_results={('log_likelihood', 'mnist', 'mnist'): (-86.86, "JMVAE paper as quoted by MultiVae (test log-likelihood "
-                                                          "of the images; which bound is not stated there)")},
-    notes="α=1 is the Tars (authors' framework) default; MultiVae uses 0.1. The authors binarise MNIST dynamically; "
-          "we use the Bernoulli likelihood on intensities like MVAE. Our `log_likelihood` row is of both modalities "
-          "(image and label) unless the metrics chapter reports the image marginal."))
-
 MS_EVAL = {'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mopoe'], 'latent_epochs': 30}
 # what MoPoE's and mmJSD's MNIST-SVHN job scripts share (peers.md §2.5-2.6), and their common cpu reduction
 SUTTER_MS = dict(model_kwargs={'beta': 2.5}, dataset='mnist_svhn', dataset_kwargs={'dm': 20},
@@ -418,27 +411,6 @@ register(Experiment(
             "pairs with dm=1 instead of 20, 10,000 training and 2,000 test pairs, 2 epochs instead of 100; evaluation: "
             "classifiers 5 epochs, 2,000 prior samples."),
     notes="The paper reports MNIST-SVHN-Text; no comparable bimodal numbers. Hyperparameters from `job_mst.sh` (peers.md §2.5)."))
-
-# %% ../nbs/10_experiments.ipynb #458cf837
-POLY_EVAL = {'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mopoe'], 'latent_epochs': 30}
-register(Experiment(
-    'mmvae_plus_polymnist', 'MMVAE+ on PolyMNIST (5 modalities)',
-    'Palumbo, Daunhawer, Vogt. MMVAE+: Enhancing the Generative Quality of Multimodal VAEs without Compromises. ICLR 2023',
-    _scales('mmvae_plus_polymnist',
-            dict(model='mmvae_plus', model_kwargs={'latent_dim_w': 32, 'objective': 'elbo', 'beta': 2.5,
-                                                   'posterior': 'laplace_softmax'},
-                 modality_kwargs={'likelihood_scale': 0.75}, dataset='polymnist', K=1, latent_dim=64,
-                 batch_size=128, epochs=250, lr=1e-3, amsgrad=True, eval_kwargs=POLY_EVAL),
-            dict(dataset='polymnist_standin', model_kwargs={'latent_dim_w': 8, 'objective': 'elbo', 'beta': 2.5,
-                                                            'posterior': 'laplace_softmax'},
-                 latent_dim=24, n_train=6000, n_test=1000, epochs=2, eval_kwargs={**POLY_EVAL, **CPU_EVAL}),
-            "the PolyMNIST STAND-IN (MNIST on procedural backgrounds; the real PolyMNIST is not available offline), "
-            "6,000 training and 1,000 test tuples, D_z=16 and D_w=8 instead of 32 and 32, 2 epochs instead of 250; "
-            "evaluation: classifiers 5 epochs, 2,000 prior samples."),
-    paper_results={('mean_cross_coherence', 'one modality', 'each other'): (0.869, "MMVAE+ paper as quoted by MultiVae "
-                   "(PolyMNIST conditional coherence, mean over sources and targets)")},
-    notes="Paper networks are ResNets; ours are the 28x28 CNN/MLP defaults. The cpu scale runs on a stand-in dataset, so "
-          "its numbers are not comparable with the paper's."))
 
 # %% ../nbs/10_experiments.ipynb #d2c0ffee
 def _accepted(fn) -> tuple:
@@ -585,7 +557,7 @@ def evaluate(out_dir, device=None, data_root=None, experiment: Experiment | None
             'eval_seconds': round(time.perf_counter() - t0, 1), 'torch': torch.__version__, 'python': platform.python_version()}
     resumed = [h['resumed_with'] for h in history if h.get('resumed_with')]
     if resumed: info['changed on resume'] = '; '.join(resumed)
-    write_report(out_dir, exp, cfg, rows, notes, figs, info, changes(cfg))
+    write_report(out_dir, exp, cfg, rows, notes, figs, info, changes(cfg), trend=trend_table(history))
     return rows
 
 NEUTRAL_FIELDS = ('progress', 'verbose', 'tensorboard', 'ckpt_every', 'ckpt_each_epoch', 'ckpt_keep', 'log_every', 'seed',
@@ -600,7 +572,7 @@ def changes(cfg: ExperimentConfig) -> dict:
             if f.name not in NEUTRAL_FIELDS and getattr(cfg, f.name) != getattr(base, f.name)}
 
 def write_report(out_dir, exp: Experiment, cfg: ExperimentConfig, rows: list, notes: dict, figs: dict, info: dict,
-                 changed: dict | None = None) -> Path:
+                 changed: dict | None = None, trend: str = '') -> Path:
     "report.md: scale statement, results beside the paper's (results.csv/.md), figures, evaluator notes, run facts, config."
     from mmvae_nb.metrics import write_table
     out_dir = Path(out_dir)
@@ -614,6 +586,7 @@ def write_report(out_dir, exp: Experiment, cfg: ExperimentConfig, rows: list, no
     else: parts += ['No evaluator produced a number.', '']
     missing = unmeasured_table(rows, exp.paper_results)
     if missing: parts += ['Published numbers this run did not measure:', '', missing, '']
+    if trend: parts += ['## During training', '', 'Measured after the epochs shown (the `train_hooks` of the experiment):', '', trend, '']
     if exp.notes: parts += [f"Notes: {exp.notes}", '']
     parts += ['Evaluators: ' + '; '.join(f"`{k}` {v}" for k, v in notes.items()) + '.', '']
     titles = {'loss_curves': 'Training curves', 'reconstructions': 'Reconstructions (each modality from its own posterior)',
@@ -641,7 +614,7 @@ def reproduce(name: str, scale: str = 'cpu', device=None, data_root=None, out_di
     out_dir = Path(out_dir or Path('runs') / f"{name}-{cfg.scale}")
     rank = init_distributed(device, timeout=cfg.ddp_timeout)[0]
     with (RunLock(out_dir) if rank == 0 else contextlib.nullcontext()):
-        trainer, data = train(cfg, out_dir, device, data_root, resume)
+        trainer, data = train(cfg, out_dir, device, data_root, resume, eval_hooks=exp.train_hooks if exp else ())
         if trainer.rank != 0: return None
         evaluate(out_dir, experiment=exp, trained=(cfg, trainer.model, data, trainer.history, trainer.step_history))
     print(f"report: {out_dir / 'report.md'}", flush=True)

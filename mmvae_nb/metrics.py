@@ -28,12 +28,12 @@ __all__ = ['CLASSIFIER_ARCHS', 'LOOKUP_MAX_ITEMS', 'MIN_CLASSIFIER_STEPS', 'REFE
            'train_reference_net', 'reference_classifier', 'load_or_train_classifiers', 'reference_table',
            'print_reference_table', 'train_reference_classifiers', 'TemplateEncoder', 'TemplateDecoder',
            'TemplateModel', 'NearestTemplate', 'template_classifiers', 'cross_coherence', 'all_subsets',
-           'input_subsets', 'cross_coherence_matrix', 'joint_coherence', 'posterior_latents', 'latent_accuracy_linear',
-           'latent_accuracy_logreg', 'latent_accuracy', 'default_chunk', 'streaming_log_sum_exp', 'conv_channels_last',
-           'iwae_log_likelihood', 'conditional_log_likelihood', 'LinearEncoder', 'LinearGaussianMVAE',
-           'likelihood_rows', 'CCA', 'CaptionFeatures', 'cub_correlation', 'gaussian_analogue', 'pairwise_relatedness',
-           'class_distance_matrix', 'relatedness', 'relatedness_rows', 'dendrogram_linkage', 'latent_embedding',
-           'paper_numbers', 'write_table', 'evaluate_model']
+           'input_subsets', 'cross_coherence_matrix', 'joint_coherence', 'coherence_by_inputs', 'posterior_latents',
+           'latent_accuracy_linear', 'latent_accuracy_logreg', 'latent_accuracy', 'default_chunk',
+           'streaming_log_sum_exp', 'conv_channels_last', 'iwae_log_likelihood', 'conditional_log_likelihood',
+           'LinearEncoder', 'LinearGaussianMVAE', 'likelihood_rows', 'CCA', 'CaptionFeatures', 'cub_correlation',
+           'gaussian_analogue', 'pairwise_relatedness', 'class_distance_matrix', 'relatedness', 'relatedness_rows',
+           'dendrogram_linkage', 'latent_embedding', 'paper_numbers', 'write_table', 'evaluate_model']
 
 # %% ../nbs/06_metrics.ipynb #1ed10a67
 def model_device(model: nn.Module) -> torch.device:
@@ -503,18 +503,23 @@ def _load_polymnist_standin(root) -> dict:
             'about': 'train: the 60,000 MNIST train digits, each on one of the 5 procedural backgrounds; '
                      'test: all 5 modalities of the stand-in test split (50,000 images)'}
 
+def _polymnist_available(root) -> bool:
+    "The released PolyMNIST files, or the background JPEGs + MNIST to rebuild it, for both splits."
+    from mmvae_nb import data
+    return all(data.polymnist_kind(root, s) != 'standin' for s in ('train', 'test'))
+
 def _load_polymnist(root) -> dict:
     "Train: tuple i in modality i mod M; test: every modality of the test split (the released or a rebuilt PolyMNIST)."
     from mmvae_nb import data
     out = {}
     for split in ('train', 'test'):
-        sets = data.load_polymnist(split, root=root)
+        sets, label = data.polymnist_default(split, root=root)
         if split == 'train':
             n, M = len(sets[0].labels), len(sets)
             pick = [torch.arange(m, n, M) for m in range(M)]
             out[split] = (torch.cat([s.images[i] for s, i in zip(sets, pick)]), torch.cat([s.labels[i] for s, i in zip(sets, pick)]))
         else: out[split] = (torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]))
-    out['about'] = 'PolyMNIST files: train tuple i in modality i mod M, test: every modality'
+    out['about'] = f'{label}: train tuple i in modality i mod M, test: every modality'
     return out
 
 # recipes: the cheapest of those measured that clear the target with a margin (measured accuracies in the table below)
@@ -529,7 +534,7 @@ for _s in (
     ReferenceSource('synthetic_pen', 'image', (1, 28, 28), _load_synthetic('pen'), epochs=1, shift=2, target=0.98),
     ReferenceSource('synthetic_street', 'image', (3, 32, 32), _load_synthetic('street'), epochs=1, shift=2, target=0.98),
     ReferenceSource('polymnist_standin', 'image', (3, 28, 28), _load_polymnist_standin, _available('mnist'), epochs=3, target=0.97),
-    ReferenceSource('polymnist', 'image', (3, 28, 28), _load_polymnist, _available('polymnist'), epochs=3, target=0.97),
+    ReferenceSource('polymnist', 'image', (3, 28, 28), _load_polymnist, _polymnist_available, epochs=3, target=0.97),
 ): register_reference_source(_s)
 
 # %% ../nbs/06_metrics.ipynb #0af0f459
@@ -834,6 +839,27 @@ def joint_coherence(model, classifiers: Mapping, n: int = 10000, batch_size: int
     return result_row('joint_coherence', agree / int(n), f'prior samples, all {len(names)} predictions agree',
                       'prior', names, n, classifier_accuracy=min(classifiers[m].accuracy for m in names))
 
+# %% ../nbs/06_metrics.ipynb #36fc8441
+def coherence_by_inputs(rows: Sequence[Mapping]) -> list:
+    "MoPoE's coherence by number of inputs k from coherence rows: mean over the k-subsets of the mean cross coherence to the missing modalities."
+    cross = [r for r in rows if r['metric'] == 'cross_coherence']
+    check(len(cross) > 0, "coherence_by_inputs needs cross_coherence rows (from cross_coherence_matrix)")
+    names = sorted({p for r in cross for p in r['given'].split('+')} | {r['target'] for r in cross})
+    by_subset = {}
+    for r in cross: by_subset.setdefault(r['given'], []).append(r)
+    out = []
+    for k in range(1, len(names)):
+        means = {S: sum(r['value'] for r in rs) / len(rs) for S, rs in by_subset.items() if len(S.split('+')) == k}
+        if not means: continue
+        complete = len(means) == math.comb(len(names), k) and all(len(by_subset[S]) == len(names) - k for S in means)
+        v = torch.tensor(list(means.values()), dtype=torch.float64)
+        out.append(result_row('coherence_by_inputs', float(v.mean()),
+                              'mean over the k-subsets of the mean cross coherence to the modalities not given',
+                              f'{k} of {len(names)}', 'missing modalities', n=min(r['n'] for S in means for r in by_subset[S]),
+                              std_over_subsets=float(v.std(unbiased=False)), subsets=len(means), complete=complete,
+                              classifier_accuracy=min(r.get('classifier_accuracy', float('nan')) for r in cross)))
+    return out
+
 # %% ../nbs/06_metrics.ipynb #fe29eafb
 @torch.no_grad()
 def posterior_latents(model, dataset, given, n_samples: int = 0, rows=None, batch_size: int = 512):
@@ -1052,8 +1078,8 @@ class LinearGaussianMVAE(MultimodalVAE):
 
 # %% ../nbs/06_metrics.ipynb #660ce3c2
 def likelihood_rows(model, dataset, K: int = 1000, n: int | None = 1000, batch_size: int = 64, chunk=None,
-                    conditionals: bool = True, seed: int | None = 0) -> list:
-    "Mean IWAE log p(x) (all modalities) and importance-weighted log p(x_t | x_s) for each ordered pair; rows."
+                    conditionals: bool = True, marginals: bool = False, seed: int | None = 0) -> list:
+    "Mean IWAE log p(x) (all modalities), log p(x_t | x_s) per ordered pair, and (`marginals`) each log p(x_m) under the joint proposal."
     names, dev = list(model.names), model_device(model)
     sums = {}
     rows = _rows_of(dataset, n, seed or 0)
@@ -1062,14 +1088,18 @@ def likelihood_rows(model, dataset, K: int = 1000, n: int | None = 1000, batch_s
         full = batch.subset(_observed_all(batch, names))
         if len(full) == 0: continue
         sums.setdefault(('joint', tuple(names), tuple(names)), []).append(iwae_log_likelihood(model, full, K, chunk, seed=s))
+        if marginals and len(names) > 1:
+            for m in names:
+                sums.setdefault(('marginal', (m,), (m,)), []).append(iwae_log_likelihood(model, full, K, chunk, [m], seed=s))
         if conditionals and len(names) > 1:
             for a, t in itertools.permutations(names, 2):
                 sums.setdefault(('conditional', (a,), (t,)), []).append(conditional_log_likelihood(model, full, a, t, K, chunk, seed=s))
     out = []
     for (kind, g, t), v in sums.items():
         v = torch.cat(v)
-        out.append(result_row('log_likelihood' if kind == 'joint' else 'conditional_log_likelihood', v.mean().item(),
-                              f'iwae K={K}, proposal q(z|given)' if kind == 'conditional' else f'iwae K={K}, proposal model.importance_proposal',
+        protocol = {'conditional': f'iwae K={K}, proposal q(z|given)', 'joint': f'iwae K={K}, proposal model.importance_proposal',
+                    'marginal': f"iwae K={K}, proposal the joint posterior q(z|{','.join(names)})"}[kind]
+        out.append(result_row('conditional_log_likelihood' if kind == 'conditional' else 'log_likelihood', v.mean().item(), protocol,
                               g, t, len(v), stderr=(v.std() / math.sqrt(len(v))).item() if len(v) > 1 else float('nan')))
     return out
 
@@ -1343,7 +1373,10 @@ def write_table(rows: Sequence[Mapping], path_stem, paper: Mapping | None = None
     buf = io.StringIO(); w = csv.DictWriter(buf, cols, lineterminator='\n'); w.writeheader()
     for t in table: w.writerow({k: ('' if t[k] is None else t[k]) for k in cols})
     with atomic_write(stem.with_suffix('.csv'), 'w') as f: f.write(buf.getvalue())
-    md_cols = base + ['paper', ours] + [c for c in ('classifier_accuracy', 'n') if c in extra]
+    diff = 'ours − paper'             # the gap a reader checks against the paper's spread first
+    for t in table: t[diff] = t[ours] - t['paper'] if isinstance(t['paper'], (int, float)) else None
+    md_cols = base + ['paper', ours] + ([diff] if any(t[diff] is not None for t in table) else []) + \
+              [c for c in ('stderr', 'classifier_accuracy', 'n') if c in extra]
     esc = lambda s: str(s).replace('|', '\\|')
     lines = ['| ' + ' | '.join(md_cols) + ' |', '|' + '---|' * len(md_cols)]
     for t in table: lines.append('| ' + ' | '.join(esc(_fmt(t[c], digits)) for c in md_cols) + ' |')
@@ -1355,8 +1388,8 @@ def write_table(rows: Sequence[Mapping], path_stem, paper: Mapping | None = None
 # %% ../nbs/06_metrics.ipynb #327f9114
 def evaluate_model(model, dataset, classifiers: Mapping, train=None, latent: Sequence[str] = ('mmvae', 'mopoe'),
                    joint_n: int = 10000, latent_epochs: int = 30, latent_batch_size: int = 256, n_logreg: int = 500, n: int | None = None,
-                   likelihood_K: int | None = None, likelihood_n: int = 1000, batch_size: int = 256,
-                   seed: int = 0, extra: Mapping | None = None) -> list:
+                   likelihood_K: int | None = None, likelihood_n: int = 1000, likelihood_marginals: bool = False,
+                   batch_size: int = 256, seed: int = 0, extra: Mapping | None = None) -> list:
     "Coherence matrix, joint coherence, latent accuracy per protocol (and IWAE likelihoods if `likelihood_K`): rows."
     rows = cross_coherence_matrix(model, dataset, classifiers, batch_size=batch_size, n=n, seed=seed)
     if sum(m in classifiers for m in model.names) >= 2:
@@ -1373,5 +1406,5 @@ def evaluate_model(model, dataset, classifiers: Mapping, train=None, latent: Seq
                 if note: r['detail'] = r.get('detail', '') + '; ' + note
                 rows.append(r)
     if likelihood_K:
-        rows += likelihood_rows(model, dataset, K=likelihood_K, n=likelihood_n, seed=seed)
+        rows += likelihood_rows(model, dataset, K=likelihood_K, n=likelihood_n, marginals=likelihood_marginals, seed=seed)
     return [{**r, **dict(extra or {})} for r in rows]

@@ -4,17 +4,17 @@
 
 # %% ../nbs/03a_multimodal.ipynb #74421eeb
 from __future__ import annotations
-import math
+import math, warnings
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 import torch
 from .core import ModalitySpec, Batch, check, check_values, default_device, atomic_torch_save
 
 # %% auto #0
-__all__ = ['MNIST_SPEC', 'SVHN_SPEC', 'LABEL_SPEC', 'MultimodalDataset', 'concat', 'pair_by_class', 'load_or_make', 'mnist_svhn',
-           'mnist_label', 'polymnist_dataset', 'polymnist_standin', 'cub_dataset', 'celeba_dataset', 'sample_by_label',
-           'farsi_kannada_speech', 'observation_mask', 'with_observation', 'unrelated_pairs', 'related_subset',
-           'BatchIterator']
+__all__ = ['MNIST_SPEC', 'SVHN_SPEC', 'LABEL_SPEC', 'POLYMNIST_SOURCES', 'MultimodalDataset', 'concat', 'pair_by_class',
+           'load_or_make', 'mnist_svhn', 'binarized_once', 'mnist_label', 'polymnist_dataset', 'polymnist_standin',
+           'cub_dataset', 'celeba_dataset', 'sample_by_label', 'farsi_kannada_speech', 'observation_mask',
+           'with_observation', 'unrelated_pairs', 'related_subset', 'BatchIterator']
 
 # %% ../nbs/03a_multimodal.ipynb #47173413
 def _as_index(x, name: str = 'index') -> torch.Tensor:
@@ -38,7 +38,7 @@ class MultimodalDataset:
     "Paired multimodal data as tensors: items per modality, optional row indices, labels, observation mask, relatedness."
     def __init__(self, data: Mapping, specs, labels, rows: Mapping | None = None, mask=None, related=None,
                  name: str = 'multimodal', synthetic: bool = False, modality_labels: Mapping | None = None,
-                 sources: Mapping | None = None, validate: bool = True):
+                 sources: Mapping | None = None, binarize: Sequence[str] = (), validate: bool = True):
         self.specs = tuple(specs)
         names = tuple(s.name for s in self.specs)
         check(len(names) > 0, "a MultimodalDataset needs at least one modality")
@@ -80,6 +80,10 @@ class MultimodalDataset:
         self.modality_labels = {k: torch.as_tensor(v).to(dev) for k, v in (modality_labels or {}).items()}
         for k, v in self.modality_labels.items():
             check(k in names and v.shape[0] == n, f"modality_labels[{k!r}]: unknown modality or length {v.shape[0]} != {n}")
+        # image modalities drawn as Bernoulli(intensity) afresh in every training batch (dynamic binarisation)
+        self.binarize = tuple(binarize)
+        images = [s.name for s in self.specs if s.kind == 'image']
+        check(set(self.binarize) <= set(images), f"binarize must name image modalities of {images}; got {list(self.binarize)}")
         if validate: self.check_values()
 
     def check_values(self):
@@ -118,7 +122,7 @@ def _replace(self: MultimodalDataset, **kw) -> MultimodalDataset:
     "A dataset sharing every field of `self` except those in `kw`."
     f = dict(data=self.data, specs=self.specs, labels=self.labels, rows=self.rows, mask=self.mask,
              related=self.related, name=self.name, synthetic=self.synthetic, modality_labels=self.modality_labels,
-             sources=self.sources)
+             sources=self.sources, binarize=self.binarize)
     # items checked once, when the dataset was made: views or copies of the same tensors need no second pass
     validate = kw.pop('validate', 'data' in kw or 'specs' in kw)
     f.update(kw)
@@ -139,14 +143,15 @@ def _to(self: MultimodalDataset, device) -> MultimodalDataset:
                         rows={k: mv(v) for k, v in self.rows.items()}, mask=self.mask.to(device),
                         related=mv(self.related), modality_labels={k: v.to(device) for k, v in self.modality_labels.items()})
 
-def _batch(self: MultimodalDataset, idx, device=None) -> Batch:
-    "A `Batch` of the rows `idx` on `device` (default: the dataset's); uint8 images become floats in [0, 1] there."
+def _batch(self: MultimodalDataset, idx, device=None, generator: torch.Generator | None = None) -> Batch:
+    "A `Batch` of the rows `idx` on `device`; uint8 images become floats in [0, 1]; with `generator`, `binarize` modalities are sampled."
     idx = _as_index(idx).to(self.device)
     out = {}
     for s in self.specs:
         x = self.data[s.name][self.item_index(s.name, idx)]
         if device is not None: x = x.to(device, non_blocking=True)
         if s.kind == 'image' and x.dtype == torch.uint8: x = x.to(torch.float32).div_(255)
+        if generator is not None and s.name in self.binarize: x = torch.bernoulli(x, generator=generator)
         out[s.name] = x
     mv = (lambda t: t) if device is None else (lambda t: t.to(device, non_blocking=True))
     return Batch(out, mv(self.mask[idx]), self.modalities, mv(self.labels[idx]), mv(idx))
@@ -233,26 +238,44 @@ def mnist_svhn(split: str = 'train', dm: int = 1, seed: int = 0, root=None, cach
 # %% ../nbs/03a_multimodal.ipynb #4b32730b
 LABEL_SPEC = ModalitySpec('label', (), 'categorical', n_classes=10)
 
-def mnist_label(split: str = 'train', root=None) -> MultimodalDataset:
-    "MNIST digits paired with their class as a categorical modality (MVAE's image-label setting)."
+def binarized_once(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    "uint8 images with each pixel set to 255 with probability intensity/255, else 0 (a fixed stochastic binarisation)."
+    check(images.dtype == torch.uint8, f"binarized_once expects uint8 images; got {images.dtype}")
+    u = torch.rand(images.shape, generator=torch.Generator().manual_seed(seed))
+    return ((u * 255 < images.float()).to(torch.uint8) * 255)
+
+def mnist_label(split: str = 'train', root=None, binarize: bool = False) -> MultimodalDataset:
+    "MNIST digits with their class as a categorical modality; `binarize`: train images sampled per batch, other splits once (seed 0)."
     from mmvae_nb import data
     m = data.load_mnist(split, root=root)
-    y = m.labels
-    return MultimodalDataset({'mnist': _images(m, 'mnist'), 'label': y.clone()}, (MNIST_SPEC, LABEL_SPEC), y,
-                             name=f'mnist-label-{split}', sources={'mnist': 'mnist'})
+    y, x, name = m.labels, _images(m, 'mnist'), f'mnist-label-{split}'
+    if binarize and split != 'train': x, name = binarized_once(x), name + ' (binarised once, seed 0)'
+    elif binarize: name += ' (binarised afresh in every batch)'
+    return MultimodalDataset({'mnist': x, 'label': y.clone()}, (MNIST_SPEC, LABEL_SPEC), y, name=name, sources={'mnist': 'mnist'},
+                             binarize=('mnist',) if binarize and split == 'train' else ())
 
 # %% ../nbs/03a_multimodal.ipynb #ed9e19e7
-def polymnist_dataset(split: str = 'train', root=None) -> MultimodalDataset:
-    "PolyMNIST: aligned tuples of the image modalities m0..m4 of the same digit."
+POLYMNIST_SOURCES = (None, 'released', 'rebuilt', 'standin')
+
+def polymnist_dataset(split: str = 'train', root=None, source: str | None = None) -> MultimodalDataset:
+    "PolyMNIST tuples m0..m4 of one digit. `source` None: the released files, else the rebuilt set, else the STAND-IN (warned). Or name one."
     from mmvae_nb import data
-    sets = data.load_polymnist(split, root=root)
+    check(source in POLYMNIST_SOURCES, f"unknown PolyMNIST source {source!r}; expected one of {POLYMNIST_SOURCES}")
+    if source == 'standin': return polymnist_standin(split, root=root)
+    if source == 'released': sets, label = data.load_polymnist(split, root=root), 'PolyMNIST (released files)'
+    elif source == 'rebuilt': sets, label = data.rebuild_polymnist(split, root=root), data.polymnist_rebuilt_name()
+    else:
+        try: sets, label = data.polymnist_default(split, root=root)
+        except data.MissingDataError as e:
+            warnings.warn(f"{e}. Using the procedural PolyMNIST STAND-IN instead (not the paper data).")
+            return polymnist_standin(split, root=root)
     check(len(sets) > 0, "load_polymnist returned no modality")
     y = sets[0].labels
     for i, s in enumerate(sets[1:], 1):
         check(len(s.labels) == len(y) and bool((s.labels == y).all()),
               f"PolyMNIST modality 'm{i}' is not aligned with 'm0' (different labels or lengths)")
     specs = tuple(ModalitySpec(f'm{i}', tuple(s.images.shape[1:]), 'image') for i, s in enumerate(sets))
-    return MultimodalDataset({f'm{i}': _images(s, f'm{i}') for i, s in enumerate(sets)}, specs, y, name=f'polymnist-{split}',
+    return MultimodalDataset({f'm{i}': _images(s, f'm{i}') for i, s in enumerate(sets)}, specs, y, name=f'{label}, {split}',
                              sources={f'm{i}': 'polymnist' for i in range(len(sets))})
 
 def polymnist_standin(split: str = 'train', n: int | None = None, seed: int = 0, root=None) -> MultimodalDataset:
@@ -455,12 +478,18 @@ class BatchIterator:
         if self.position >= end and end > 0:             # resumed exactly at an epoch's end
             self.epoch, self.position = self.epoch + 1, 0
             order = self.order(self.epoch); end = self._end(len(order))
-        start = self.position
+        start, epoch = self.position, self.epoch
         for st in range(start, end, self.batch_size):
             idx = order[st:st + self.batch_size]
             if st + self.batch_size >= end: self.epoch, self.position = self.epoch + 1, 0
             else: self.position = st + self.batch_size
-            yield self.dataset.batch(idx)
+            yield self.dataset.batch(idx, generator=self.noise(epoch, st))
+
+    def noise(self, epoch: int, start: int) -> torch.Generator | None:
+        "The generator of the batch at `start` of `epoch` (None when nothing is sampled): a function of position, so resumes repeat it."
+        if not self.dataset.binarize: return None
+        key = ((self.seed * 1_000_003 + (epoch if self.shuffle else 0)) * 1_000_003 + self.rank) * 1_000_003 + start
+        return torch.Generator(device=self.device).manual_seed(key % 2**63)
 
     def set_epoch(self, epoch: int):
         "Start `epoch` from its beginning (the `DistributedSampler` convention)."

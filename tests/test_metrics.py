@@ -249,3 +249,13 @@ def test_evaluate_model_rows(data):
     rows = evaluate_model(FakeMoE(), test, ORACLE, train=train, joint_n=200, latent=('mopoe',), extra={'scale': 'cpu'})
     assert {r['metric'] for r in rows} == {'cross_coherence', 'self_coherence', 'joint_coherence', 'latent_accuracy'}
     assert all(r['scale'] == 'cpu' and r['value'] == 1.0 for r in rows)
+
+
+def test_write_table_states_the_gap_to_the_paper(tmp_path):
+    rows = [{'metric': 'log_likelihood', 'given': 'mnist', 'target': 'mnist', 'value': -90.5, 'n': 10, 'protocol': 'iwae', 'stderr': 0.2},
+            {'metric': 'other', 'given': '', 'target': '', 'value': 1.0, 'n': 10, 'protocol': 'p'}]
+    _, m = write_table(rows, tmp_path/'t', paper={('log_likelihood', 'mnist', 'mnist'): (-86.86, 'a paper')}, scale='cpu')
+    lines = m.read_text().splitlines()
+    assert 'ours − paper' in lines[0] and 'stderr' in lines[0]
+    assert '-3.640' in lines[2] and '0.200' in lines[2]          # −90.5 − (−86.86)
+    assert lines[3].count('|') == lines[0].count('|')           # no paper value: an empty gap cell
