@@ -37,7 +37,7 @@ nbtest: $(STAMP)
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(VENV)/bin/nbdev_test --n_workers 2
 
 pytest: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m pytest -q -n 2
 
 # pytest runs last so its summary line closes the run.
 # Fashion-MNIST (the own-data example, its reference classifier) comes from Debian's dataset-fashion-mnist:

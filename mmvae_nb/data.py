@@ -672,7 +672,8 @@ def build_polymnist(mnist: ImageSet, backgrounds: list, seed: int = 0) -> list[I
         top = torch.randint(0, H - 28, (n,), generator=g); left = torch.randint(0, W - 28, (n,), generator=g)
         ar = torch.arange(28)
         crops = bg[:, (top[:, None] + ar)[:, :, None], (left[:, None] + ar)[:, None, :]].permute(1, 0, 2, 3)   # (N, 3, 28, 28)
-        out.append(ImageSet(torch.where(digits[:, None], 255 - crops, crops), sorted_labels.clone(), f'polymnist-m{m}'))
+        out.append(ImageSet(torch.where(digits[:, None], 255 - crops, crops), sorted_labels.clone(), f'polymnist-m{m}',
+                            {'mnist_index': perm, 'top': top, 'left': left}))     # the draws, for checks
     return out
 
 # %% ../nbs/03_data.ipynb #c692d6bc
@@ -725,10 +726,11 @@ def rebuild_polymnist(split: str = 'train', root=None, seed: int = 0, n: int | N
         mnist = load_mnist(split, root=root, download=False, cache=cache)
         if n is not None: mnist = mnist.subset(torch.arange(min(n, len(mnist))))
         sets = build_polymnist(mnist, load_backgrounds(names, root), seed=split_seed)
-        return {'images': [s.images for s in sets], 'labels': sets[0].labels}
-    params = {'seed': split_seed, 'n': n, 'backgrounds': names, 'procedure': 'build_polymnist v1'}
+        return {'images': [s.images for s in sets], 'labels': sets[0].labels, 'draws': [s.extra for s in sets]}
+    params = {'seed': split_seed, 'n': n, 'backgrounds': names, 'procedure': 'build_polymnist v2'}
     d = cached(cache_path('polymnist_rebuilt', split, digests, params, cache), build)
-    return [ImageSet(x, d['labels'], f'polymnist-rebuilt-{split}-m{m}', {'background': names[m]}) for m, x in enumerate(d['images'])]
+    return [ImageSet(x, d['labels'], f'polymnist-rebuilt-{split}-m{m}', {'background': names[m], **d['draws'][m]})
+            for m, x in enumerate(d['images'])]
 
 def polymnist_kind(root=None, split: str = 'train') -> str:
     "'released' (PolyMNIST files present), 'rebuilt' (backgrounds + MNIST present) or 'standin' (neither): what PolyMNIST users get."

@@ -46,7 +46,8 @@ class ExperimentConfig(TrainConfig):
     K: int | None = None             # importance samples; None: the model's default (or a model without K)
     eval_kwargs: dict = field(default_factory=dict)   # options of the evaluators (classifier epochs, joint samples, ...)
 
-    resume_changeable = TrainConfig.resume_changeable + ('eval_kwargs',)   # evaluation options do not touch training
+    # evaluation options do not touch training; the reduction text describes the run, so it follows a change of epochs
+    resume_changeable = TrainConfig.resume_changeable + ('eval_kwargs', 'reduction')
 
     def __post_init__(self):
         super().__post_init__()
@@ -68,7 +69,8 @@ def mmvae_plus(modalities, latent_dim: int, K: int = 1, latent_dim_w: int = 32, 
     return MMVAEPlus(modalities, latent_dim_z=latent_dim - latent_dim_w, latent_dim_w=latent_dim_w, K=K, **kw)
 
 MODELS = {'mmvae': 'mmvae_nb.mmvae:MMVAE', 'mvae': 'mmvae_nb.mvae:MVAE', 'jmvae': 'mmvae_nb.jmvae:JMVAE',
-          'mopoe': 'mmvae_nb.mopoe:MoPoE', 'mmjsd': 'mmvae_nb.mmjsd:MMJSD', 'mmvae_plus': mmvae_plus}
+          'mopoe': 'mmvae_nb.mopoe:MoPoE', 'mmjsd': 'mmvae_nb.mmjsd:MMJSD', 'mmvae_plus': mmvae_plus,
+          'meme': 'mmvae_nb.meme:MEME'}
 DATASETS = {'synthetic_digits': 'mmvae_nb.synthetic:synthetic_digits', 'mnist_svhn': 'mmvae_nb.multimodal:mnist_svhn',
             'mnist_label': 'mmvae_nb.multimodal:mnist_label', 'farsi_kannada_speech': 'mmvae_nb.multimodal:farsi_kannada_speech',
             'polymnist': 'mmvae_nb.multimodal:polymnist_dataset', 'polymnist_standin': 'mmvae_nb.multimodal:polymnist_standin',
