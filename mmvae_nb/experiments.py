@@ -347,7 +347,7 @@ def trend_table(history) -> str:
     if not rows: return ''
     keys = sorted({k for h in rows for k in h if k.startswith('trend_')})
     lines = ['| epoch | ' + ' | '.join(k[len('trend_'):] for k in keys) + ' |', '|---' * (len(keys) + 1) + '|']
-    lines += [f"| {h['epoch'] + 1} | " + ' | '.join(f"{h[k]:.2f}" if k in h else '—' for k in keys) + ' |' for h in rows]
+    lines += [f"| {h['epoch']} | " + ' | '.join(f"{h[k]:.2f}" if k in h else '—' for k in keys) + ' |' for h in rows]   # 1-based
     return '\n'.join(lines)
 
 # %% ../nbs/10_experiments.ipynb #24cecb27

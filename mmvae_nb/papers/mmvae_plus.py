@@ -16,7 +16,7 @@ MMVAE_PLUS_POLY_PAPER = dict(model='mmvae_plus', model_kwargs={'latent_dim_w': 3
                                                               'posterior': 'laplace_softmax'},
                              modality_kwargs={'likelihood_scale': 0.75}, dataset='polymnist', K=1, latent_dim=64,
                              batch_size=128, epochs=250, lr=1e-3, amsgrad=True, eval_kwargs=POLY_EVAL)
-MMVAE_PLUS_POLY_CPU_EPOCHS = 2
+MMVAE_PLUS_POLY_CPU_EPOCHS = 6
 MMVAE_PLUS_POLYMNIST = register(Experiment(
     'mmvae_plus_polymnist', 'MMVAE+ on PolyMNIST (5 modalities)', MMVAE_PLUS_CITE,
     {'paper': ExperimentConfig(name='mmvae_plus_polymnist', scale='paper', **MMVAE_PLUS_POLY_PAPER),
