@@ -18,8 +18,8 @@ __all__ = ['ENV_DATA', 'ENV_CACHE', 'ENV_VERIFY', 'VERIFY_BELOW', 'CACHE_VERSION
            'FASHION_FILES', 'FASHION_SYSTEM_DIR', 'FASHION_CONTENT_MD5', 'FASHION_CLASSES', 'KANNADA_FILES',
            'HODA_FILES', 'SVHN_FILES', 'CELEBA_FILES', 'CELEBA_ZIP', 'CELEBA_SPLITS', 'CUB_SPECIALS',
            'POLYMNIST_SOURCE', 'POLYMNIST_BACKGROUND_DIR', 'POLYMNIST_BACKGROUNDS', 'POLYMNIST_M1_SUBSTITUTE',
-           'POLYMNIST_BACKGROUND_SOURCE', 'FSDD_SOURCE', 'DATASETS', 'SPLITS', 'data_root', 'cache_dir',
-           'MissingDataError', 'ChecksumError', 'RawFile', 'file_digests', 'file_digest', 'download_file',
+           'POLYMNIST_BACKGROUND_SOURCE', 'FSDD_SOURCE', 'DATASETS', 'SPLITS', 'data_root', 'using_data_root',
+           'cache_dir', 'MissingDataError', 'ChecksumError', 'RawFile', 'file_digests', 'file_digest', 'download_file',
            'verify_files', 'ensure_files', 'ImageSet', 'FeatureSet', 'cache_path', 'content_digest', 'cached',
            'raw_digests', 'stat_fingerprint', 'read_idx', 'write_idx', 'load_mnist', 'load_fashion_mnist',
            'load_kannada', 'read_cdb', 'decode_cdb_runs', 'fit_to_canvas', 'read_hoda_mat', 'load_hoda', 'load_svhn',
@@ -40,6 +40,17 @@ def data_root(root=None) -> Path:
     if root is not None: return Path(root).expanduser()
     if os.environ.get(ENV_DATA): return Path(os.environ[ENV_DATA]).expanduser()
     return _user_cache()/'data'
+
+@contextlib.contextmanager
+def using_data_root(root=None):
+    "Within the block, `data_root()` (and so every loader and reference classifier) defaults to `root`; nothing changes for None."
+    if root is None: yield; return
+    old = os.environ.get(ENV_DATA)
+    os.environ[ENV_DATA] = str(Path(root).expanduser())
+    try: yield
+    finally:
+        if old is None: os.environ.pop(ENV_DATA, None)
+        else: os.environ[ENV_DATA] = old
 
 def cache_dir(cache=None) -> Path:
     "Writable folder for derived files (created): `cache`, else `$MMVAE_NB_CACHE`, else `<user cache>/mmvae_nb/cache`."

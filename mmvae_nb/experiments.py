@@ -309,6 +309,7 @@ class Experiment:
     paper_results: dict = field(default_factory=dict)   # (metric, given, target[, protocol]) -> (value, source)
     notes: str = ''
     train_hooks: list = field(default_factory=list)      # trainer -> dict, run after each epoch (e.g. `likelihood_trend`)
+    runner: Callable | None = None   # a study of several runs: runner(exp, cfg, out_dir, device, data_root, resume) -> folder
 
     def config(self, scale: str = 'cpu', **overrides) -> ExperimentConfig:
         "The config at `scale`, with `overrides` applied (validated)."
@@ -548,7 +549,8 @@ def evaluate(out_dir, device=None, data_root=None, experiment: Experiment | None
     else: cfg, model, data, history, steps = trained
     exp = report_experiment(experiment or EXPERIMENTS.get(cfg.name) or Experiment(cfg.name, cfg.name, '—', {cfg.scale: cfg}), cfg)
     t0 = time.perf_counter()
-    rows, notes = run_evaluators(exp.evaluate, model, data, cfg)
+    from mmvae_nb.data import using_data_root
+    with using_data_root(data_root): rows, notes = run_evaluators(exp.evaluate, model, data, cfg)
     with preserved_rng(cfg.seed + 3): figs = generation_figures(model, data['test'], out_dir)
     test_loss = next((r['value'] for r in rows if r['metric'] == 'test_loss'), None)
     figs['loss_curves'] = loss_figure(history, steps, out_dir / 'loss_curves.png', test_loss)
@@ -614,8 +616,11 @@ def reproduce(name: str, scale: str = 'cpu', device=None, data_root=None, out_di
     cfg = apply_overrides(base, overrides)
     validate_config(cfg, exp)                     # before the folder is created or locked
     out_dir = Path(out_dir or Path('runs') / f"{name}-{cfg.scale}")
+    from mmvae_nb.data import using_data_root       # `data_root` also for the evaluators' reference classifiers
+    if exp is not None and exp.runner is not None:  # a study (e.g. a grid over observed fractions): it trains its own runs
+        with using_data_root(data_root): return exp.runner(exp, cfg, out_dir, device, data_root, resume)
     rank = init_distributed(device, timeout=cfg.ddp_timeout)[0]
-    with (RunLock(out_dir) if rank == 0 else contextlib.nullcontext()):
+    with using_data_root(data_root), (RunLock(out_dir) if rank == 0 else contextlib.nullcontext()):
         trainer, data = train(cfg, out_dir, device, data_root, resume, eval_hooks=exp.train_hooks if exp else ())
         if trainer.rank != 0: return None
         evaluate(out_dir, experiment=exp, trained=(cfg, trainer.model, data, trainer.history, trainer.step_history))

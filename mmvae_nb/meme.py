@@ -104,14 +104,18 @@ def _any(m: torch.Tensor) -> bool:
 class MEME(MultimodalVAE):
     "Joy et al. (2022): two unimodal Gaussian encoders that supervise each other, eq. (2), with pseudo-sample priors for unpaired items, eq. (4)."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int = 64, K: int = 10, n_pseudo: int = 128,
-                 qts_weight: float = 1.0, reduction: str = 'mean', detach_ratio: bool = True, kl: str = 'mc', beta: float = 1.0, seed: int = 0):
+                 qts_weight: float = 1.0, reduction: str = 'mean', detach_ratio: bool = True, kl: str = 'mc', beta: float = 1.0, seed: int = 0,
+                 init_pseudo: str = 'first_batch'):
         super().__init__(modalities, latent_dim, posterior='normal', beta=beta)
         check(len(self.names) == 2, f"MEME is bi-modal (the paper's App. E sketches more); got {len(self.names)} modalities {self.names}")
         check(int(K) == K and K >= 1, f"K (terms of the LogSumExp estimate of log q(t|s), the ELBO's sample included) must be >= 1; got {K!r}")
         check(int(n_pseudo) == n_pseudo and n_pseudo >= 1, f"n_pseudo must be a positive integer; got {n_pseudo!r}")
         bidirectional(torch.zeros(()), torch.zeros(()), reduction)                  # validates `reduction`
         check(kl in ('mc', 'analytic'), f"kl must be 'mc' (eq. 1: log p(z|t) - log q(z|s) at the sample) or 'analytic' (the code's KL); got {kl!r}")
-        self.kl = kl
+        check(init_pseudo in ('first_batch', 'random'), f"init_pseudo must be 'first_batch' (the authors' code) or 'random'; got {init_pseudo!r}")
+        self.kl, self.init_pseudo = kl, init_pseudo
+        # which modalities' pseudo-samples still await the first training batch (saved with the weights: resumes agree)
+        self.register_buffer('pseudo_pending', torch.full((2,), init_pseudo == 'first_batch'))
         self.K, self.n_pseudo, self.qts_weight, self.reduction, self.detach_ratio = int(K), int(n_pseudo), qts_weight, reduction, detach_ratio
         g = torch.Generator().manual_seed(seed)
         self.pseudo = nn.ParameterDict()
@@ -133,6 +137,17 @@ class MEME(MultimodalVAE):
         return self.pseudo[name] if name in self.pseudo else getattr(self, f'pseudo_ids_{name}')
 
     @torch.no_grad()
+    def init_from_first_batch(self, batch: Batch):
+        "With `init_pseudo='first_batch'`: set each pending modality's pseudo-samples to the items its first training batch observes."
+        if not self.training or self.pseudo_pending.device.type == 'meta' or not bool(self.pseudo_pending.any()): return
+        for k, n in enumerate(self.names):
+            if not bool(self.pseudo_pending[k]) or n not in batch.data or not bool(batch.observed(n).any()): continue
+            self.init_pseudo_samples({n: batch.data[n][batch.observed(n)]})
+            if torch.distributed.is_available() and torch.distributed.is_initialized():   # every rank starts from rank 0's items
+                torch.distributed.broadcast(self.pseudo_samples(n).data, 0)
+            self.pseudo_pending[k] = False
+
+    @torch.no_grad()
     def init_pseudo_samples(self, data: dict):
         "Set each modality's pseudo-samples to its first N items in `data` (name -> (n, *shape); uint8 images scaled to [0, 1]), as the authors' code does with its first batch."
         for n, x in data.items():
@@ -141,6 +156,7 @@ class MEME(MultimodalVAE):
             x = x[torch.arange(len(u), device=x.device) % len(x)]
             if x.dtype == torch.uint8 and self.mods[n].spec.kind == 'image': x = x.float() / 255   # raw images, as `MultimodalDataset.batch`
             u.copy_(x.to(u))
+            self.pseudo_pending[self.names.index(n)] = False
 
     def posterior(self, name: str, x: torch.Tensor) -> Distribution:
         "$q(z\\mid x)$ of modality `name`, in at least float32 (the ratio of App. B is exponentially sensitive)."
@@ -169,6 +185,7 @@ class MEME(MultimodalVAE):
 def _meme_loss(self: MEME, batch: Batch):
     "(−mean over items of eq. (5), terms): eq. (2) for paired items, eq. (4) for items that observe one modality."
     self.check_batch(batch)
+    self.init_from_first_batch(batch)
     s, t = self.names
     obs = {n: batch.observed(n) if n in batch.data else torch.zeros_like(batch.mask[:, 0]) for n in (s, t)}
     paired = obs[s] & obs[t]
