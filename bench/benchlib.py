@@ -101,6 +101,9 @@ def _nominal(dataset: str, kw: dict) -> tuple:
         return (mm.MNIST_SPEC, mm.SVHN_SPEC), mnist_svhn_size(kw.get('dm', 1), kw.get('max_per_class', 10000)), \
             'MNIST/SVHN training class counts'
     if dataset == 'mnist_label': return (mm.MNIST_SPEC, mm.LABEL_SPEC), 60000, 'MNIST training split'
+    if dataset == 'mnist_street':   # MEME's study: MNIST paired by class with the synthetic street digits (2,400 per class)
+        from mmvae_nb import synthetic as syn
+        return (mm.MNIST_SPEC, syn.STREET_SPEC), syn.SPLITS['train'][1], 'synthetic street training split, paired by class with MNIST'
     if dataset == 'polymnist': return _poly(), 60000, 'PolyMNIST training split (60,000 tuples)'
     if dataset == 'polymnist_standin': return _poly(), kw.get('n') or 60000, 'MNIST training split'
     if dataset == 'farsi_kannada_speech':
