@@ -139,11 +139,13 @@ class MEME(MultimodalVAE):
     @torch.no_grad()
     def init_from_first_batch(self, batch: Batch):
         "With `init_pseudo='first_batch'`: set each pending modality's pseudo-samples to the items its first training batch observes."
-        if not self.training or self.pseudo_pending.device.type == 'meta' or not bool(self.pseudo_pending.any()): return
+        if getattr(self, '_pseudo_done', False) or not self.training or self.pseudo_pending.device.type == 'meta': return
+        if not bool(self.pseudo_pending.any()): self._pseudo_done = True; return      # one host sync per model, not per step
         for k, n in enumerate(self.names):
             if not bool(self.pseudo_pending[k]) or n not in batch.data or not bool(batch.observed(n).any()): continue
             self.init_pseudo_samples({n: batch.data[n][batch.observed(n)]})
-            if torch.distributed.is_available() and torch.distributed.is_initialized():   # every rank starts from rank 0's items
+            # every rank starts from rank 0's items (assumes every rank's first batch observes `n`, as MEME's schemes give)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.broadcast(self.pseudo_samples(n).data, 0)
             self.pseudo_pending[k] = False
 
