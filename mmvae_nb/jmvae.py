@@ -28,12 +28,16 @@ def jmvae_objective(log_px_z: torch.Tensor, kl_prior: torch.Tensor, kl_unimodal:
 
 # %% ../nbs/04b_jmvae.ipynb #a3f24dc9
 class JointEncoder(nn.Module):
-    "$q_\\phi(z\\mid x_1..x_N)$: per-modality feature networks (copies of the registered encoders), concatenated, then an MLP to (μ, ρ)."
-    def __init__(self, modalities: Sequence[Modality], latent_dim: int, feature_dim: int = 512, hidden: int = 512):
+    """$q_\\phi(z\\mid x_1..x_N)$: per-modality feature networks (copies of the registered encoders), concatenated, then an MLP
+    to (μ, ρ); `feature_hidden` (name -> widths) sizes a modality's feature network (default: its architecture's)."""
+    def __init__(self, modalities: Sequence[Modality], latent_dim: int, feature_dim: int = 512, hidden: int = 512,
+                 feature_hidden: dict | None = None):
         super().__init__()
         check(feature_dim > 0 and feature_dim % 2 == 0, f"feature_dim must be a positive even number; got {feature_dim}")
-        self.names, self.feature_dim = tuple(m.name for m in modalities), feature_dim
-        self.features = nn.ModuleDict({m.name: ARCHITECTURES[default_arch(m.spec)][0](m.spec, feature_dim // 2, hidden=None)
+        self.names, self.feature_dim, feature_hidden = tuple(m.name for m in modalities), feature_dim, feature_hidden or {}
+        unknown = sorted(set(feature_hidden) - set(self.names))
+        check(not unknown, f"feature_hidden names {unknown}, which are not modalities of the model {self.names}")
+        self.features = nn.ModuleDict({m.name: ARCHITECTURES[default_arch(m.spec)][0](m.spec, feature_dim // 2, hidden=feature_hidden.get(m.name))
                                        for m in modalities})
         self.fuse = nn.Sequential(nn.ReLU(), nn.Linear(len(modalities) * feature_dim, hidden), nn.ReLU())
         self.loc, self.raw_scale = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
@@ -57,14 +61,15 @@ class JMVAE(MultimodalVAE):
     "JMVAE-kl (α > 0) and JMVAE (α = 0): a joint encoder plus unimodal encoders trained by eq. (2)."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int, alpha: float = 0.1,
                  subset_posterior: str = 'unimodal', unpaired: str = 'elbo', K: int = 1,
-                 feature_dim: int = 512, hidden: int = 512, beta: float = 1.0, learn_prior: bool = False):
+                 feature_dim: int = 512, hidden: int = 512, beta: float = 1.0, learn_prior: bool = False,
+                 feature_hidden: dict | None = None):
         super().__init__(modalities, latent_dim, posterior='normal', learn_prior=learn_prior, beta=beta)
         check(alpha >= 0, f"alpha must be non-negative; got {alpha}")
         check(subset_posterior in SUBSET_POSTERIORS, f"subset_posterior must be one of {SUBSET_POSTERIORS}; got {subset_posterior!r}")
         check(unpaired in UNPAIRED, f"unpaired must be one of {UNPAIRED}; got {unpaired!r}")
         check(int(K) == K and K >= 1, f"K must be a positive integer; got {K}")
         self.alpha, self.subset_posterior, self.unpaired, self.K = alpha, subset_posterior, unpaired, int(K)
-        self.joint_encoder = JointEncoder(modalities, latent_dim, feature_dim, hidden)
+        self.joint_encoder = JointEncoder(modalities, latent_dim, feature_dim, hidden, feature_hidden)
 
     @classmethod
     def from_specs(cls, specs: Sequence, latent_dim: int = 64, weight=1.0, **kw):

@@ -105,7 +105,7 @@ class MEME(MultimodalVAE):
     "Joy et al. (2022): two unimodal Gaussian encoders that supervise each other, eq. (2), with pseudo-sample priors for unpaired items, eq. (4)."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int = 64, K: int = 10, n_pseudo: int = 128,
                  qts_weight: float = 1.0, reduction: str = 'mean', detach_ratio: bool = True, kl: str = 'mc', beta: float = 1.0, seed: int = 0,
-                 init_pseudo: str = 'first_batch'):
+                 init_pseudo: str = 'first_batch', direction: str = 'both'):
         super().__init__(modalities, latent_dim, posterior='normal', beta=beta)
         check(len(self.names) == 2, f"MEME is bi-modal (the paper's App. E sketches more); got {len(self.names)} modalities {self.names}")
         check(int(K) == K and K >= 1, f"K (terms of the LogSumExp estimate of log q(t|s), the ELBO's sample included) must be >= 1; got {K!r}")
@@ -113,7 +113,8 @@ class MEME(MultimodalVAE):
         bidirectional(torch.zeros(()), torch.zeros(()), reduction)                  # validates `reduction`
         check(kl in ('mc', 'analytic'), f"kl must be 'mc' (eq. 1: log p(z|t) - log q(z|s) at the sample) or 'analytic' (the code's KL); got {kl!r}")
         check(init_pseudo in ('first_batch', 'random'), f"init_pseudo must be 'first_batch' (the authors' code) or 'random'; got {init_pseudo!r}")
-        self.kl, self.init_pseudo = kl, init_pseudo
+        check(direction in ('both', *self.names), f"direction must be 'both' (eq. 2) or the modality that plays s in eq. (1)/(6), one of {self.names}; got {direction!r}")
+        self.kl, self.init_pseudo, self.direction = kl, init_pseudo, direction
         # which modalities' pseudo-samples still await the first training batch (saved with the weights: resumes agree)
         self.register_buffer('pseudo_pending', torch.full((2,), init_pseudo == 'first_batch'))
         self.K, self.n_pseudo, self.qts_weight, self.reduction, self.detach_ratio = int(K), int(n_pseudo), qts_weight, reduction, detach_ratio
@@ -202,7 +203,7 @@ def _meme_loss(self: MEME, batch: Batch):
     for x, y in ((s, t), (t, s)):
         if x not in q: bound[x] = bound[x, y] = zero; continue
         zx, log_qx = z[x][0], q[x].log_prob(z[x][0])
-        if _any(paired):                                               # eq. (1) with x as data, y as label
+        if _any(paired) and self.direction in ('both', x):            # eq. (1) with x as data, y as label
             ll_y = self.log_likelihoods(batch, z[x], [y])[y]             # (K, B): log q(y|z_k), the y-decoder
             log_qy_x = lse_log_qt_s(ll_y[0], ll_y[1:])                   # App. D: the ELBO's sample among the z_k
             lp, lq = (q[y].log_prob(zx), log_qx) if self.kl == 'mc' else (-kl_divergence(q[x], q[y]), torch.zeros_like(log_qx))
@@ -215,7 +216,8 @@ def _meme_loss(self: MEME, batch: Batch):
         if _any(obs[x] & ~obs[y]):                                     # eq. (4): y unobserved, prior from y's pseudo-samples
             bound[x] = unpaired_bound(ll0[x], pseudo_prior_log_prob(zx, *self.pseudo_prior(y)), log_qx, reg)
         else: bound[x] = zero
-    l_bi = bidirectional(bound[s, t], bound[t, s], self.reduction)
+    l_bi = (bidirectional(bound[s, t], bound[t, s], self.reduction) if self.direction == 'both'
+            else bound[self.direction, t if self.direction == s else s])   # eq. (6): one direction only (Table 2)
     obj = partial_objective(l_bi, bound[s], bound[t], obs[s], obs[t])
     with torch.no_grad():
         terms.update(bound=obj.mean(), n_paired=paired.float().mean())
