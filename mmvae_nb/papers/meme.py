@@ -484,7 +484,8 @@ MEME_RELATEDNESS = register(Experiment(
 MEME_LIKELIHOODS = register(Experiment(
     'meme_likelihoods', 'MEME trained in one direction or both, bounded in each (MEME Table 2)', MEME_CITE,
     _scales('meme_likelihoods', MEME_PAPER, MEME_CPU, "three MEME runs at f = 1 with meme_partial's cpu settings: " + MEME_PARTIAL.config('cpu').reduction),
-    evaluate=[direction_bounds], runner=run_likelihoods, notes="MNIST-street stands in for MNIST-SVHN (no SVHN here)."))
+    # partial_metrics too: the 'both' folder is meme_partial's f = 1 run, and a folder must serve every study that shares it
+    evaluate=[partial_metrics, direction_bounds], runner=run_likelihoods, notes="MNIST-street stands in for MNIST-SVHN (no SVHN here)."))
 MEME_ABLATIONS = register(Experiment(
     'meme_ablations', 'MEME with fewer pseudo-samples, and without its partially observed items (MEME App. J)', MEME_CITE,
     _scales('meme_ablations', MEME_PAPER, MEME_CPU, "N in {1, 10, 128} instead of a sweep up to 100, f in {0.25, 0.0625}; "
