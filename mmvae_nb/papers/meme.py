@@ -19,9 +19,10 @@ __all__ = ['MNIST_STREET', 'MODALITIES', 'OBSERVATION_SEED', 'FRACTIONS', 'SCHEM
            'MEME_PARTIAL', 'TRAIN_DIRECTIONS', 'PAPER_TABLE2', 'ABLATION_PSEUDO', 'ABLATION_FRACTIONS',
            'MEME_RELATEDNESS', 'MEME_LIKELIHOODS', 'MEME_ABLATIONS', 'mnist_street', 'partial_grid', 'run_name',
            'run_config', 'partial_metrics', 'train_or_reuse', 'run_many', 'describe_partial', 'run_partial',
-           'runs_table', 'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims', 'chance_note',
-           'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds', 'likelihood_claims',
-           'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims', 'run_ablations', 'run_relatedness']
+           'runs_table', 'write_study', 'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims',
+           'chance_note', 'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds',
+           'likelihood_claims', 'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims',
+           'run_ablations', 'run_relatedness']
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #fc8b3f24
 MNIST_STREET = 'MNIST-street (real MNIST paired by class with the synthetic street digits: half synthetic, not MNIST-SVHN)'
@@ -151,6 +152,12 @@ def runs_table(out_dir, walls: dict) -> str:
     secs = {k: run_seconds(Path(out_dir) / k) for k in walls}
     return '\n'.join(['## Runs', '', '| run | training (s) | evaluation (s) | this call (s; ~0: reused) |', '|---|---|---|---|',
                       *[f"| `{k}` | {secs[k][0]:.0f} | {secs[k][1]:.0f} | {v:.0f} |" for k, v in walls.items()]])
+
+def write_study(out_dir, exp, parts: list) -> Path:
+    "Write the report lines `parts` of study `exp` as `<study>.md` in `out_dir`, say where, and return `out_dir`."
+    with atomic_write(Path(out_dir) / f'{exp.name}.md', 'w') as fh: fh.write('\n'.join(parts))
+    print(f"report: {Path(out_dir) / f'{exp.name}.md'}", flush=True)
+    return Path(out_dir)
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #c1795dd2
 _M = lambda *v: tuple(v) + (None,) * (5 - len(v))
@@ -394,9 +401,7 @@ def run_likelihoods(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
              runs_table(out_dir, walls), '',
              f"This call: {(time.perf_counter() - t0) / 60:.1f} min.", '', '## Configuration (s = street and both differ only in `direction`)',
              '', '```json', runs['meme_s_mnist_f1'].to_json(), '```', '']
-    with atomic_write(out_dir / f'{exp.name}.md', 'w') as fh: fh.write('\n'.join(parts))
-    print(f"report: {out_dir / f'{exp.name}.md'}", flush=True)
-    return out_dir
+    return write_study(out_dir, exp, parts)
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #513d5dbe
 ABLATION_PSEUDO = {'paper': (1, 10, 50, 100, 128), 'cpu': (1, 10, 128)}
@@ -447,9 +452,7 @@ def run_ablations(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=No
              *table, '', "## The paper's claims at this scale", '', *claims, *(['', note] if note else []), '',
              runs_table(out_dir, walls), '',
              f"This call: {(time.perf_counter() - t0) / 60:.1f} min.", '', '## Configuration', '', '```json', cfg.to_json(), '```', '']
-    with atomic_write(out_dir / f'{exp.name}.md', 'w') as fh: fh.write('\n'.join(parts))
-    print(f"report: {out_dir / f'{exp.name}.md'}", flush=True)
-    return out_dir
+    return write_study(out_dir, exp, parts)
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #434415ff
 def run_relatedness(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=None, resume: bool = False) -> Path:
@@ -472,9 +475,7 @@ def run_relatedness(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
              '## Class distance matrices and dendrograms', '', '![Figure 9](figure9_classes.png)', '',
              runs_table(out_dir, walls), '', f"This call: {(time.perf_counter() - t0) / 60:.1f} min.", '',
              '## Configuration (MEME; the baselines replace the model settings)', '', '```json', cfg.to_json(), '```', '']
-    with atomic_write(out_dir / f'{exp.name}.md', 'w') as fh: fh.write('\n'.join(parts))
-    print(f"report: {out_dir / f'{exp.name}.md'}", flush=True)
-    return out_dir
+    return write_study(out_dir, exp, parts)
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #f43b1cd1
 MEME_RELATEDNESS = register(Experiment(
