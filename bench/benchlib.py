@@ -97,7 +97,7 @@ def _nominal(dataset: str, kw: dict) -> tuple:
     if dataset == 'synthetic_digits':
         from mmvae_nb import synthetic as syn
         return (syn.PEN_SPEC, syn.STREET_SPEC), kw.get('n') or syn.SPLITS['train'][1], 'synthetic.SPLITS'
-    if dataset == 'mnist_svhn':
+    if dataset in ('mnist_svhn', 'mnist_svhn_partial'):   # the partial one: MEME's pairing (dm=1), a mask over it
         return (mm.MNIST_SPEC, mm.SVHN_SPEC), mnist_svhn_size(kw.get('dm', 1), kw.get('max_per_class', 10000)), \
             'MNIST/SVHN training class counts'
     if dataset == 'mnist_label': return (mm.MNIST_SPEC, mm.LABEL_SPEC), 60000, 'MNIST training split'

@@ -8,51 +8,74 @@ import json, time
 from pathlib import Path
 import numpy as np, torch
 from ..core import check, atomic_write
-from ..multimodal import MultimodalDataset, MNIST_SPEC, pair_by_class, observation_mask
+from ..multimodal import MultimodalDataset, MNIST_SPEC, pair_by_class, observation_mask, mnist_svhn
 from ..synthetic import STREET_SPEC, synthetic_digits
 from ..experiments import (Experiment, ExperimentConfig, register, _scales, DATASETS, NEUTRAL_FIELDS, train, evaluate,
                            load_run, scale_statement, make_iterator)
 
 # %% auto #0
-__all__ = ['MNIST_STREET', 'MODALITIES', 'OBSERVATION_SEED', 'FRACTIONS', 'SCHEMES', 'COMPARED', 'BASELINES', 'GRIDS',
-           'PARTIAL_EVAL', 'PAPER_TABLES', 'TABLE_TITLES', 'MEME_CITE', 'EXPERIMENTS_TITLE', 'MEME_PAPER', 'MEME_CPU',
-           'MEME_PARTIAL', 'TRAIN_DIRECTIONS', 'PAPER_TABLE2', 'ABLATION_PSEUDO', 'ABLATION_FRACTIONS',
-           'MEME_RELATEDNESS', 'MEME_LIKELIHOODS', 'MEME_ABLATIONS', 'mnist_street', 'partial_grid', 'run_name',
-           'run_config', 'partial_metrics', 'train_or_reuse', 'run_many', 'describe_partial', 'run_partial',
-           'runs_table', 'write_study', 'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims',
-           'chance_note', 'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds',
-           'likelihood_claims', 'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims',
-           'run_ablations', 'run_relatedness']
+__all__ = ['MNIST_STREET', 'MNIST_SVHN', 'MODALITIES', 'STUDY_DATASETS', 'OBSERVATION_SEED', 'FRACTIONS', 'SCHEMES', 'COMPARED',
+           'BASELINES', 'GRIDS', 'PARTIAL_EVAL', 'PAPER_TABLES', 'TABLE_TITLES', 'MEME_CITE', 'STUDY_DATA_NOTE',
+           'EXPERIMENTS_TITLE', 'MEME_PAPER', 'MEME_CPU', 'MEME_PARTIAL', 'TRAIN_DIRECTIONS', 'PAPER_TABLE2',
+           'ABLATION_PSEUDO', 'ABLATION_FRACTIONS', 'MEME_RELATEDNESS', 'MEME_LIKELIHOODS', 'MEME_ABLATIONS',
+           'observe_partially', 'mnist_street', 'mnist_svhn_partial', 'study_modalities', 'data_title', 'partial_grid',
+           'run_name', 'role_name', 'run_config', 'partial_metrics', 'with_roles', 'train_or_reuse', 'run_many',
+           'describe_partial', 'run_partial', 'runs_table', 'reproduce_command', 'data_statement', 'write_study',
+           'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims', 'chance_note',
+           'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds', 'likelihood_claims',
+           'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims', 'run_ablations', 'run_relatedness']
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #fc8b3f24
 MNIST_STREET = 'MNIST-street (real MNIST paired by class with the synthetic street digits: half synthetic, not MNIST-SVHN)'
-MODALITIES = ('mnist', 'street')
+MNIST_SVHN = 'MNIST-SVHN (MNIST paired by class with SVHN, dm=1, as MEME pairs them)'
+MODALITIES = ('mnist', 'street')    # the study's two roles, the paper's MNIST and SVHN; tables and claims are keyed by them
+STUDY_DATASETS = {'mnist_street': ('mnist', 'street'), 'mnist_svhn_partial': ('mnist', 'svhn')}   # modality names in role order
 OBSERVATION_SEED = 1000     # the observed part is drawn apart from the training shuffle (equal seeds would visit paired items first)
+
+def _check_scheme(scheme: str, names: tuple):
+    check(scheme in (*names, 'split'), f"scheme must name the modality that is always present {names} or be 'split'; got {scheme!r}")
+
+def observe_partially(pairs: MultimodalDataset, split: str, f: float, scheme: str, seed: int, paired_only: bool, title: str) -> MultimodalDataset:
+    """`pairs` (listed class by class) shuffled by `seed`; of the TRAIN pairs `f` observed together, the rest by `scheme`
+    (the modality always present, or 'split'); `paired_only` keeps just those f pairs (App. J.2)."""
+    names = pairs.modalities
+    _check_scheme(scheme, names)
+    ds = pairs.subset(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)))
+    mask = observation_mask(len(ds), names, f, scheme, OBSERVATION_SEED + seed) if split == 'train' else None
+    part = f", f={f:g} observed together, rest {scheme}" if split == 'train' and f < 1 else ''
+    if paired_only and mask is not None:                      # App. J.2: drop the partially observed items
+        ds, mask, part = ds.subset(mask.all(1)), None, f", only the f={f:g} observed pairs"
+    return ds.replace(mask=mask, name=f"{title} {split}{part}")
 
 def mnist_street(split: str = 'train', f: float = 1.0, scheme: str = 'split', seed: int = 0, root=None, cache=None,
                  paired_only: bool = False) -> MultimodalDataset:
-    """Real MNIST paired by class with the synthetic street digits as MEME pairs MNIST-SVHN (`pair_by_class`, dm=1);
-    `f` of the TRAIN pairs observed together, the rest by `scheme` ('mnist' or 'street' always present, or 'split');
-    `paired_only` keeps just those f pairs (App. J.2)."""
+    "Real MNIST paired by class with the synthetic street digits as MEME pairs MNIST-SVHN (`pair_by_class`, dm=1), observed by `observe_partially`."
     from mmvae_nb import data
     from mmvae_nb.metrics import modality_items
     check(split in ('train', 'test'), f"split must be 'train' or 'test'; got {split!r}")
-    check(scheme in (*MODALITIES, 'split'), f"scheme must name the modality that is always present ('mnist', 'street') or be 'split'; got {scheme!r}")
+    _check_scheme(scheme, STUDY_DATASETS['mnist_street'])
     m = data.load_mnist(split, root=root)
     street, street_labels = modality_items(synthetic_digits(split, cache=cache), 'street')
     ia, ib = pair_by_class(m.labels, street_labels, dm=1, seed=seed, max_per_class=len(m.labels))
-    order = torch.randperm(len(ia), generator=torch.Generator().manual_seed(seed))    # pair_by_class lists class by class
-    ia, ib = ia[order], ib[order]
-    mask = observation_mask(len(ia), MODALITIES, f, scheme, OBSERVATION_SEED + seed) if split == 'train' else None
-    part = f", f={f:g} observed together, rest {scheme}" if split == 'train' and f < 1 else ''
-    if paired_only and mask is not None:                      # App. J.2: drop the partially observed items
-        keep = mask.all(1)
-        ia, ib, mask, part = ia[keep], ib[keep], None, f", only the f={f:g} observed pairs"
-    return MultimodalDataset({'mnist': m.images, 'street': street}, (MNIST_SPEC, STREET_SPEC), m.labels[ia],
-                             rows={'mnist': ia, 'street': ib}, mask=mask, name=f"{MNIST_STREET} {split}{part}", synthetic=True,
-                             sources={'mnist': 'mnist', 'street': 'synthetic_street'})
+    pairs = MultimodalDataset({'mnist': m.images, 'street': street}, (MNIST_SPEC, STREET_SPEC), m.labels[ia],
+                              rows={'mnist': ia, 'street': ib}, synthetic=True, sources={'mnist': 'mnist', 'street': 'synthetic_street'})
+    return observe_partially(pairs, split, f, scheme, seed, paired_only, MNIST_STREET)
 
-DATASETS['mnist_street'] = 'mmvae_nb.papers.meme:mnist_street'
+def mnist_svhn_partial(split: str = 'train', f: float = 1.0, scheme: str = 'split', seed: int = 0, root=None, cache=None,
+                       paired_only: bool = False) -> MultimodalDataset:
+    "The paper's data: MNIST-SVHN paired as MEME pairs it (`mnist_svhn`, dm=1), observed by `observe_partially`; needs SVHN's files."
+    check(split in ('train', 'test'), f"split must be 'train' or 'test'; got {split!r}")
+    _check_scheme(scheme, STUDY_DATASETS['mnist_svhn_partial'])
+    return observe_partially(mnist_svhn(split, dm=1, seed=seed, root=root, cache=cache), split, f, scheme, seed, paired_only, MNIST_SVHN)
+
+DATASETS.update({k: f'mmvae_nb.papers.meme:{k}' for k in STUDY_DATASETS})
+
+def study_modalities(cfg) -> tuple:
+    "The modality names of `cfg`'s dataset in the roles of `MODALITIES` (the paper's MNIST, SVHN)."
+    check(cfg.dataset in STUDY_DATASETS, f"the MEME studies run on {sorted(STUDY_DATASETS)}; got dataset {cfg.dataset!r}")
+    return STUDY_DATASETS[cfg.dataset]
+
+def data_title(cfg) -> str: return MNIST_SVHN if cfg.dataset == 'mnist_svhn_partial' else MNIST_STREET
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #d9df6520
 FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0625)
@@ -75,10 +98,14 @@ def partial_grid(fractions=FRACTIONS, schemes=SCHEMES, models=COMPARED) -> list:
 
 def run_name(model: str, scheme: str, f: float) -> str: return f"{model.lower()}_{scheme}_f{f:g}"
 
+def role_name(cfg: ExperimentConfig, role: str) -> str:
+    "The modality that plays `role` ('mnist', 'street') in `cfg`'s dataset; other words ('split', 'paired', 'both') unchanged."
+    return dict(zip(MODALITIES, study_modalities(cfg))).get(role, role)
+
 def run_config(cfg: ExperimentConfig, model: str, scheme: str, f: float) -> ExperimentConfig:
     "The study's config `cfg` (MEME's settings) for one run: the model's own settings, the observed fraction and scheme."
     kw = {} if model == 'MEME' else BASELINES.get(cfg.scale, BASELINES['paper'])[model]
-    return cfg.replace(**kw, dataset_kwargs={**cfg.dataset_kwargs, 'f': f, 'scheme': 'split' if f == 1 else scheme})
+    return cfg.replace(**kw, dataset_kwargs={**cfg.dataset_kwargs, 'f': f, 'scheme': 'split' if f == 1 else role_name(cfg, scheme)})
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #0f669460
 PARTIAL_EVAL = dict(n=None, latent_n=None, latent_epochs=30, w2_batches=10, reference=True, classifier_epochs=30)
@@ -93,15 +120,21 @@ def partial_metrics(model, data: dict, cfg) -> list:
     # every training item with both modalities, under one name for all fractions (a classifier trained on it is cached once)
     probe = data['train'].replace(mask=torch.ones_like(data['train'].mask), name=data['train'].name.split(', f=')[0])
     clf = metrics.load_or_train_classifiers(probe, test, reference=o['reference'], epochs=o['classifier_epochs'], seed=cfg.seed)
-    rows = [metrics.cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in (MODALITIES, MODALITIES[::-1])]
+    names = test.modalities                                   # in role order: MNIST, then street or SVHN
+    rows = [metrics.cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in (names, names[::-1])]
     rows += [metrics.latent_accuracy_linear(model, probe, test, [m], epochs=o['latent_epochs'], n_train=o['latent_n'], seed=cfg.seed)
-             for m in MODALITIES]
-    rel = metrics.relatedness(model, test, *MODALITIES, n_batches=o['w2_batches'], related_by='item', seed=cfg.seed)
-    return rows + metrics.relatedness_rows(rel)
+             for m in names]
+    rel = metrics.relatedness(model, test, *names, n_batches=o['w2_batches'], related_by='item', seed=cfg.seed)
+    return with_roles(rows + metrics.relatedness_rows(rel), names)
+
+def with_roles(rows: list, names) -> list:
+    "`rows` with a 'role' key: the role (in `MODALITIES`) of each row's given modality among `names`."
+    role = dict(zip(names, MODALITIES))
+    return [{**r, 'role': role.get(r['given'], r['given'])} for r in rows]
 
 def _value(rows, metric: str, given: str) -> float:
-    "The value of the row (metric, given), NaN if absent."
-    return next((r['value'] for r in rows if r['metric'] == metric and r['given'] == given), float('nan'))
+    "The value of the row (metric, given role), NaN if absent (rows without a role: their given modality is the role)."
+    return next((r['value'] for r in rows if r['metric'] == metric and r.get('role', r['given']) == given), float('nan'))
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #782a3773
 def _same_run(a: ExperimentConfig, b: ExperimentConfig) -> bool:
@@ -133,16 +166,18 @@ def run_many(runs: dict, exp, out_dir, device=None, data_root=None, describe=Non
 
 def describe_partial(rows) -> str:
     "One line of a run's main numbers."
-    return (f"coherence mnist→street {_value(rows, 'cross_coherence', 'mnist'):.3f}, street→mnist {_value(rows, 'cross_coherence', 'street'):.3f}; "
-            f"latent accuracy {_value(rows, 'latent_accuracy', 'mnist'):.3f} / {_value(rows, 'latent_accuracy', 'street'):.3f}")
+    pick = lambda m: [r for r in rows if r['metric'] == m]
+    return ("coherence " + ', '.join(f"{r['given']}→{r['target']} {r['value']:.3f}" for r in pick('cross_coherence')) +
+            "; latent accuracy " + ' / '.join(f"{r['value']:.3f}" for r in pick('latent_accuracy')))
 
 def run_partial(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=None, resume: bool = False) -> Path:
     "The runner of `meme_partial`: every run of the grid under `out_dir` (reused or resumed where it exists), then report.md."
     out_dir, t0 = Path(out_dir), time.perf_counter()
     grid = partial_grid(GRIDS.get(cfg.scale, FRACTIONS))
-    rows, walls = run_many({run_name(*k): run_config(cfg, *k) for k in grid}, exp, out_dir, device, data_root, describe_partial)
+    folder = lambda m, s, f: run_name(m, role_name(cfg, s), f)        # named by the modality always present
+    rows, walls = run_many({folder(*k): run_config(cfg, *k) for k in grid}, exp, out_dir, device, data_root, describe_partial)
     if not all(rows.values()): return out_dir          # a DDP rank other than 0
-    results = {k: rows[run_name(*k)] for k in grid}
+    results = {k: rows[folder(*k)] for k in grid}
     write_partial_report(out_dir, cfg, results, walls, device, data_root, seconds=time.perf_counter() - t0)
     print(f"report: {out_dir / 'report.md'}", flush=True)
     return out_dir
@@ -152,6 +187,17 @@ def runs_table(out_dir, walls: dict) -> str:
     secs = {k: run_seconds(Path(out_dir) / k) for k in walls}
     return '\n'.join(['## Runs', '', '| run | training (s) | evaluation (s) | this call (s; ~0: reused) |', '|---|---|---|---|',
                       *[f"| `{k}` | {secs[k][0]:.0f} | {secs[k][1]:.0f} | {v:.0f} |" for k, v in walls.items()]])
+
+def reproduce_command(exp, cfg: ExperimentConfig) -> str:
+    "The command that reruns study `exp` as `cfg` ran it (its dataset named when it is not the scale's own)."
+    own = exp.configs[cfg.scale].dataset if cfg.scale in exp.configs else None
+    return (f"`mmvae-nb reproduce {exp.name} --scale {cfg.scale} --seed {cfg.seed}" +
+            ('' if cfg.dataset == own else f" --set dataset={cfg.dataset}") + '`')
+
+def data_statement(cfg: ExperimentConfig) -> str:
+    "What the study's data are, against the paper's."
+    return (f"**{MNIST_SVHN}**, the paper's data" if cfg.dataset == 'mnist_svhn_partial' else
+            f"**{MNIST_STREET}** — the paper uses MNIST-SVHN, which these numbers do not measure")
 
 def write_study(out_dir, exp, parts: list) -> Path:
     "Write the report lines `parts` of study `exp` as `<study>.md` in `out_dir`, say where, and return `out_dir`."
@@ -195,15 +241,16 @@ def _cell(ours: float, paper: float) -> str:
     o = '–' if ours is None or np.isnan(ours) else f"{ours:.3f}"
     return o if np.isnan(paper) else f"{o} ({paper:.3f})"
 
-def grid_table(value, metric: str, given: str, fractions) -> str:
-    "Markdown table of one metric: a row per model and scheme, a column per f, cells 'ours (paper)' from `value(model, scheme, f, metric, given)`."
+def grid_table(value, metric: str, given: str, fractions, label: dict | None = None) -> str:
+    """Markdown table of one metric: a row per model and scheme, a column per f, cells 'ours (paper)' from `value(model, scheme, f, metric, given)`;
+    `label` names the schemes' roles (default: the role names)."""
     lines = ['| model | ' + ' | '.join(f"f = {f:g}" for f in fractions) + ' |', '|---' * (len(fractions) + 1) + '|']
     for mdl in COMPARED:
         for sch in (('paired',) if mdl == 'MMVAE' else SCHEMES):
-            label = mdl if sch == 'paired' else f"{mdl}<sub>{sch}</sub>"
+            name = mdl if sch == 'paired' else f"{mdl}<sub>{(label or {}).get(sch, sch)}</sub>"
             cells = [_cell(value(mdl, sch, f, metric, given), paper_value(mdl, sch, f, metric, given)) if mdl != 'MMVAE' or f == 1 else '–'
                      for f in fractions]
-            lines.append(f"| {label} | " + ' | '.join(cells) + ' |')
+            lines.append(f"| {name} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
 def auc_stderr(auc: float, n_pos: int, n_neg: int) -> float:
@@ -251,13 +298,14 @@ def relatedness_figures(folders: dict, out_dir, device=None, data_root=None, n_b
     res = {}
     for mdl, folder in folders.items():
         cfg, model, data, _ = load_run(folder, device, data_root)
-        res[mdl] = relatedness(model.eval(), data['test'], *MODALITIES, n_batches=n_batches, related_by='item', seed=cfg.seed)
+        res[mdl] = relatedness(model.eval(), data['test'], *model.names, n_batches=n_batches, related_by='item', seed=cfg.seed)
+        names = model.names
     n = len(res)
     fig8, ax8 = plt.subplots(1, n, figsize=(2.8 * n, 2.1), squeeze=False)
     for ax, (mdl, r) in zip(ax8[0], res.items()): w2_histogram(r, ax=ax, title=f"{mdl}: paired vs unpaired (AUC {r['auc']:.2f})")
     fig9, ax9 = plt.subplots(2, n, figsize=(3.0 * n, 5.2), squeeze=False)
     for j, (mdl, r) in enumerate(res.items()):
-        class_distance_heatmap(r['K'], ax=ax9[0, j], title=f"{mdl}: mean $W_2$, MNIST (rows) × street")
+        class_distance_heatmap(r['K'], ax=ax9[0, j], title=f"{mdl}: mean $W_2$, {names[0]} (rows) × {names[1]}")
         dendrogram_plot(r['K'], ax=ax9[1, j], labels=[str(c) for c in range(len(r['K']))], title=f"{mdl}: digits clustered by $W_2$")
     fig9.tight_layout()
     return {'figure8': save_figure(fig8, Path(out_dir) / 'figure8_w2.png'), 'figure9': save_figure(fig9, Path(out_dir) / 'figure9_classes.png'),
@@ -276,8 +324,10 @@ def write_partial_report(out_dir, cfg: ExperimentConfig, results: dict, walls: d
     fractions = sorted({k[2] for k in results}, reverse=True)
     with atomic_write(out_dir / 'results.json', 'w') as fh:
         json.dump([{**r, 'model': m, 'scheme': s, 'f': f} for (m, s, f), rows in results.items() for r in rows], fh, indent=1)
-    ours = lambda *a: grid_value(results, *a)
-    tables = '\n\n'.join(f"### {TABLE_TITLES[k]}\n\n{grid_table(ours, *k, fractions)}" for k in PAPER_TABLES)
+    ours, other = lambda *a: grid_value(results, *a), role_name(cfg, 'street')
+    title = lambda k: TABLE_TITLES[k] if other == 'street' else TABLE_TITLES[k].split(' (paper')[0].replace('street', other)
+    label = {'street': other}
+    tables = '\n\n'.join(f"### {title(k)}\n\n{grid_table(ours, *k, fractions, label)}" for k in PAPER_TABLES)
     with atomic_write(out_dir / 'tables.md', 'w') as fh: fh.write(tables + '\n')
     figs = relatedness_figures({m: out_dir / run_name(m, 'paired', 1.0) for m in COMPARED if (m, 'paired', 1.0) in results},
                                out_dir, device, data_root, n_batches=cfg.eval_kwargs.get('w2_batches', PARTIAL_EVAL['w2_batches']))
@@ -292,9 +342,9 @@ def write_partial_report(out_dir, cfg: ExperimentConfig, results: dict, walls: d
     clf = next((r for rr in results.values() for r in rr if r['metric'] == 'cross_coherence'), {})
     secs = {k: run_seconds(out_dir / k) for k in walls}
     parts = [f"# {EXPERIMENTS_TITLE}", '', scale_statement(cfg), '',
-             f"Data: **{MNIST_STREET}** — the paper uses MNIST-SVHN, which this table does not measure. One seed ({cfg.seed}); the "
-             "paper's numbers are means over seeds. Fractions run: " + ', '.join(f"{f:g}" for f in fractions) + '.', '',
-             f"Paper: {MEME_CITE}.", '', f"Reproduce: `mmvae-nb reproduce meme_partial --scale {cfg.scale} --seed {cfg.seed}` "
+             f"Data: {data_statement(cfg)}. One seed ({cfg.seed}); the paper's numbers are means over seeds. Fractions run: " +
+             ', '.join(f"{f:g}" for f in fractions) + '.', '',
+             f"Paper: {MEME_CITE}.", '', f"Reproduce: {reproduce_command(MEME_PARTIAL, cfg)} "
              "(rerunning continues a stopped study).", '', '## Tables 3-4: ours (paper)', '',
              f"Coherence is judged by the reference classifiers (the first row's target classifier: accuracy {clf.get('classifier_accuracy', float('nan')):.4f}).", '',
              tables, '', "## The paper's claims at this scale", '', *claims, '',
@@ -308,20 +358,22 @@ def write_partial_report(out_dir, cfg: ExperimentConfig, results: dict, walls: d
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #2fd0f8e3
 MEME_CITE = 'Joy, Shi, Torr, Rainforth, Schmon, Siddharth. Learning Multimodal VAEs through Mutual Supervision. ICLR 2022'
-EXPERIMENTS_TITLE = 'MEME, MVAE and MMVAE learning from partially observed MNIST-street (MEME Tables 3-4, Figures 8-9)'
-MEME_PAPER = dict(model='meme', model_kwargs={'n_pseudo': 128}, K=10, dataset='mnist_street', latent_dim=64,
+STUDY_DATA_NOTE = ("Paper scale runs on MNIST-SVHN (`mnist_svhn_partial`: put SVHN/{train,test}_32x32.mat under the data root); "
+                   "the cpu scale on MNIST-street, its stand-in here. `--set dataset=mnist_street` or `mnist_svhn_partial` swaps them.")
+EXPERIMENTS_TITLE = 'MEME, MVAE and MMVAE learning from partially observed pairs (MEME Tables 3-4, Figures 8-9)'
+MEME_PAPER = dict(model='meme', model_kwargs={'n_pseudo': 128}, K=10, dataset='mnist_svhn_partial', latent_dim=64,
                   batch_size=128, epochs=100, lr=5e-4, eval_kwargs=PARTIAL_EVAL)
-MEME_CPU = dict(K=4, epochs=1, batch_size=64, lr=1e-3,
+MEME_CPU = dict(dataset='mnist_street', K=4, epochs=1, batch_size=64, lr=1e-3,
                 eval_kwargs={**PARTIAL_EVAL, 'n': 2000, 'latent_n': 3000, 'latent_epochs': 10})
 MEME_PARTIAL = register(Experiment(
     'meme_partial', EXPERIMENTS_TITLE, MEME_CITE,
     _scales('meme_partial', MEME_PAPER, MEME_CPU,
-            "fractions f = 1, 0.25, 0.0625 of the paper's five (15 runs: 7 MEME, 7 MVAE, 1 MMVAE); 1 epoch over the 24,000 "
-            "MNIST-street training pairs instead of 100, batch 64 instead of 128 and learning rate 1e-3 instead of 5e-4 (to learn "
+            "MNIST-street instead of MNIST-SVHN; fractions f = 1, 0.25, 0.0625 of the paper's five (15 runs: 7 MEME, 7 MVAE, "
+            "1 MMVAE); 1 epoch over the 24,000 MNIST-street training pairs instead of 100, batch 64 instead of 128 and learning rate 1e-3 instead of 5e-4 (to learn "
             "in 375 steps); MEME's LogSumExp with K=4 terms instead of 10; MMVAE with K=1 instead of 30; one seed; evaluation: "
             "coherence on 2,000 of the 4,000 test pairs, latent probes trained on 3,000 training items for 10 epochs."),
     evaluate=[partial_metrics], runner=run_partial,
-    notes="MNIST-street stands in for MNIST-SVHN (no SVHN here). Baselines: MVAE (product of experts with the prior expert) "
+    notes=STUDY_DATA_NOTE + " Baselines: MVAE (product of experts with the prior expert) "
           "and MMVAE (stratified mixture, DReG) with Gaussian posteriors, the same networks, data and schedule as MEME."))
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #dfbcfff4
@@ -334,7 +386,7 @@ def direction_bounds(model, data: dict, cfg) -> list:
     "Rows 'direction_bound': the test mean of eq. (1) with s = each modality in turn (the other direction by flipping roles)."
     from mmvae_nb.metrics import result_row
     from mmvae_nb.train import mean_loss
-    trained, dev, rows = model.direction, next(model.parameters()).device, []
+    trained, dev, rows = model.direction, next(model.parameters()).device, []   # rows carry roles: Table 2 is keyed by them
     try:
         for s in model.names:
             t = next(n for n in model.names if n != s)
@@ -343,7 +395,7 @@ def direction_bounds(model, data: dict, cfg) -> list:
             rows.append(result_row('direction_bound', -m['loss'], f"eq. (1) with s={s}, t={t}, K={model.K}; trained: {trained}",
                                    given=s, target=t, n=len(data['test']), trained=trained))
     finally: model.direction = trained
-    return rows
+    return with_roles(rows, model.names)
 
 def likelihood_claims(value) -> list:
     "(claim, held, evidence) of Table 2 through `value(test_s, trained)`: the trained direction beats the flip; eq. (2) is good both ways."
@@ -360,9 +412,9 @@ def likelihood_claims(value) -> list:
 # %% ../../nbs/07a_meme_reproduction.ipynb #e6176532
 def likelihood_runs(cfg: ExperimentConfig) -> dict:
     "Folder name -> config of Table 2's three models at f = 1 ('both' is meme_partial's f = 1 MEME run: the same folder name)."
-    base = run_config(cfg, 'MEME', 'paired', 1.0)
-    return {run_name('MEME', 'paired', 1.0) if d == 'both' else f"meme_s_{d}_f1":
-            base if d == 'both' else base.replace(model_kwargs={**base.model_kwargs, 'direction': d}) for d in TRAIN_DIRECTIONS}
+    base, name = run_config(cfg, 'MEME', 'paired', 1.0), lambda d: role_name(cfg, d)
+    return {run_name('MEME', 'paired', 1.0) if d == 'both' else f"meme_s_{name(d)}_f1":
+            base if d == 'both' else base.replace(model_kwargs={**base.model_kwargs, 'direction': name(d)}) for d in TRAIN_DIRECTIONS}
 
 def _big(ours: float, paper: float | None = None) -> str:
     return f"{ours:.1f}" + ('' if paper is None else f" ({paper:.1f})")
@@ -380,12 +432,13 @@ def run_likelihoods(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
         if not rows:                         # a folder another study trained (meme_partial's f = 1 run): bound it now
             c, model, data, _ = load_run(out_dir / name, device, data_root)
             rows = direction_bounds(model.eval(), data, c)
-        bounds.update({(r['given'], d): r['value'] for r in rows})
+        bounds.update({(r.get('role', r['given']), d): r['value'] for r in rows})
+    name = lambda role: role_name(cfg, role)
     with atomic_write(out_dir / f'{exp.name}.json', 'w') as fh:
-        json.dump([{'test_s': s, 'trained': d, 'value': v} for (s, d), v in bounds.items()], fh, indent=1)
-    head = {'mnist': 'trained s = MNIST', 'street': 'trained s = street', 'both': 'both (eq. 2)'}
+        json.dump([{'test_s': name(s), 'trained': name(d), 'value': v} for (s, d), v in bounds.items()], fh, indent=1)
+    head = {'mnist': f"trained s = {name('mnist')}", 'street': f"trained s = {name('street')}", 'both': 'both (eq. 2)'}
     table = ['| test direction | ' + ' | '.join(head[d] for d in TRAIN_DIRECTIONS) + ' |', '|---' * 4 + '|'] + [
-        f"| s = {s}, t = {'street' if s == 'mnist' else 'mnist'} | " +
+        f"| s = {name(s)}, t = {name('street' if s == 'mnist' else 'mnist')} | " +
         ' | '.join(_big(bounds[s, d], PAPER_TABLE2[s, d]) + (' flip' if d not in (s, 'both') else '') for d in TRAIN_DIRECTIONS) + ' |'
         for s in MODALITIES]
     said = {True: 'held', False: '**did not hold**'}
@@ -393,14 +446,14 @@ def run_likelihoods(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
         f"| {c} | {said[h]} | {e} | {said[ph]} |" for (c, h, e), (_, ph, _) in
         zip(likelihood_claims(lambda s, d: bounds[s, d]), likelihood_claims(lambda s, d: PAPER_TABLE2[s, d]))]
     parts = [f"# MEME: bounds per direction, trained one way or both (MEME Table 2)", '', scale_statement(cfg), '',
-             f"Data: **{MNIST_STREET}**, all pairs observed. The paper's numbers (in brackets) are on MNIST-SVHN with its networks "
-             "and likelihoods: compare the pattern across a row, not the values. Each cell is the test mean of eq. (1) in the row's "
+             f"Data: **{data_title(cfg)}**, all pairs observed. The paper's numbers (in brackets) are on MNIST-SVHN with its networks "
+             "and likelihoods" + (": compare the pattern across a row, not the values" if cfg.dataset == 'mnist_street' else '') + ". Each cell is the test mean of eq. (1) in the row's "
              "direction without log p(t) ('flip': evaluated in the direction the model was not trained in).", '',
-             f"Paper: {MEME_CITE}.", '', f"Reproduce: `mmvae-nb reproduce meme_likelihoods --scale {cfg.scale} --seed {cfg.seed}`.", '',
+             f"Paper: {MEME_CITE}.", '', f"Reproduce: {reproduce_command(exp, cfg)}.", '',
              '## Table 2: ours (paper)', '', *table, '', '## The paper\'s claims at this scale', '', *claims, '',
              runs_table(out_dir, walls), '',
              f"This call: {(time.perf_counter() - t0) / 60:.1f} min.", '', '## Configuration (s = street and both differ only in `direction`)',
-             '', '```json', runs['meme_s_mnist_f1'].to_json(), '```', '']
+             '', '```json', next(iter(runs.values())).to_json(), '```', '']
     return write_study(out_dir, exp, parts)
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #513d5dbe
@@ -446,9 +499,9 @@ def run_ablations(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=No
         f"| {c} | {said[h]} | {e} |" for c, h, e in ablation_claims(lambda n, f: coh[n, f], fr, counts, n0)]
     note = chance_note({k: results[k] for k in runs})
     parts = ["# MEME ablations: number of pseudo-samples (App. J.1) and paired data only (App. J.2)", '', scale_statement(cfg), '',
-             f"Data: **{MNIST_STREET}**, SPLIT scheme. Each cell: cross coherence averaged over both directions (reference "
+             f"Data: **{data_title(cfg)}**, SPLIT scheme. Each cell: cross coherence averaged over both directions (reference "
              "classifiers). The paper shows these as Figures 21-22 without numbers.", '', f"Paper: {MEME_CITE}.", '',
-             f"Reproduce: `mmvae-nb reproduce meme_ablations --scale {cfg.scale} --seed {cfg.seed}`.", '', '## Mean cross coherence', '',
+             f"Reproduce: {reproduce_command(exp, cfg)}.", '', '## Mean cross coherence', '',
              *table, '', "## The paper's claims at this scale", '', *claims, *(['', note] if note else []), '',
              runs_table(out_dir, walls), '',
              f"This call: {(time.perf_counter() - t0) / 60:.1f} min.", '', '## Configuration', '', '```json', cfg.to_json(), '```', '']
@@ -468,9 +521,9 @@ def run_relatedness(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
         f"| {m} | {r['related'].mean():.2f} | {r['unrelated'].mean():.2f} | {r['auc']:.3f} ± {auc_stderr(r['auc'], len(r['related']), len(r['unrelated'])):.3f} |"
         for m, r in rel.items()]
     parts = ["# MEME, MVAE and MMVAE: how the unimodal posteriors relate paired items (MEME Figures 8-9)", '', scale_statement(cfg), '',
-             f"Data: **{MNIST_STREET}**, test pairs, f = 1. W2: the closed-form 2-Wasserstein distance between q(z|mnist) and "
-             "q(z|street); the AUC is the probability that a paired item is closer than an unpaired one (0.5: no relation).", '',
-             f"Paper: {MEME_CITE}.", '', f"Reproduce: `mmvae-nb reproduce meme_relatedness --scale {cfg.scale} --seed {cfg.seed}`.", '',
+             f"Data: **{data_title(cfg)}**, test pairs, f = 1. W2: the closed-form 2-Wasserstein distance between q(z|{role_name(cfg, 'mnist')}) "
+             f"and q(z|{role_name(cfg, 'street')}); the AUC is the probability that a paired item is closer than an unpaired one (0.5: no relation).", '',
+             f"Paper: {MEME_CITE}.", '', f"Reproduce: {reproduce_command(exp, cfg)}.", '',
              '## W2 of paired and unpaired test items', '', *lines, '', '![Figure 8](figure8_w2.png)', '',
              '## Class distance matrices and dendrograms', '', '![Figure 9](figure9_classes.png)', '',
              runs_table(out_dir, walls), '', f"This call: {(time.perf_counter() - t0) / 60:.1f} min.", '',
@@ -479,16 +532,16 @@ def run_relatedness(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #f43b1cd1
 MEME_RELATEDNESS = register(Experiment(
-    'meme_relatedness', 'MEME, MVAE and MMVAE relating paired MNIST-street items (MEME Figures 8-9)', MEME_CITE,
+    'meme_relatedness', 'MEME, MVAE and MMVAE relating paired items (MEME Figures 8-9)', MEME_CITE,
     _scales('meme_relatedness', MEME_PAPER, MEME_CPU, "the f = 1 runs of meme_partial's cpu scale: " + MEME_PARTIAL.config('cpu').reduction),
     evaluate=[partial_metrics], runner=run_relatedness, notes=MEME_PARTIAL.notes))
 MEME_LIKELIHOODS = register(Experiment(
     'meme_likelihoods', 'MEME trained in one direction or both, bounded in each (MEME Table 2)', MEME_CITE,
     _scales('meme_likelihoods', MEME_PAPER, MEME_CPU, "three MEME runs at f = 1 with meme_partial's cpu settings: " + MEME_PARTIAL.config('cpu').reduction),
     # partial_metrics too: the 'both' folder is meme_partial's f = 1 run, and a folder must serve every study that shares it
-    evaluate=[partial_metrics, direction_bounds], runner=run_likelihoods, notes="MNIST-street stands in for MNIST-SVHN (no SVHN here)."))
+    evaluate=[partial_metrics, direction_bounds], runner=run_likelihoods, notes=STUDY_DATA_NOTE))
 MEME_ABLATIONS = register(Experiment(
     'meme_ablations', 'MEME with fewer pseudo-samples, and without its partially observed items (MEME App. J)', MEME_CITE,
     _scales('meme_ablations', MEME_PAPER, MEME_CPU, "N in {1, 10, 128} instead of a sweep up to 100, f in {0.25, 0.0625}; "
             "otherwise meme_partial's cpu settings: " + MEME_PARTIAL.config('cpu').reduction),
-    evaluate=[partial_metrics], runner=run_ablations, notes="MNIST-street stands in for MNIST-SVHN (no SVHN here)."))
+    evaluate=[partial_metrics], runner=run_ablations, notes=STUDY_DATA_NOTE))
