@@ -37,7 +37,7 @@ class JointEncoder(nn.Module):
         self.names, self.feature_dim, feature_hidden = tuple(m.name for m in modalities), feature_dim, feature_hidden or {}
         unknown = sorted(set(feature_hidden) - set(self.names))
         check(not unknown, f"feature_hidden names {unknown}, which are not modalities of the model {self.names}")
-        self.features = nn.ModuleDict({m.name: ARCHITECTURES[default_arch(m.spec)][0](m.spec, feature_dim // 2, hidden=feature_hidden.get(m.name))
+        self.features = nn.ModuleDict({m.name: ARCHITECTURES[getattr(m, 'arch', None) or default_arch(m.spec)][0](m.spec, feature_dim // 2, hidden=feature_hidden.get(m.name))
                                        for m in modalities})
         self.fuse = nn.Sequential(nn.ReLU(), nn.Linear(len(modalities) * feature_dim, hidden), nn.ReLU())
         self.loc, self.raw_scale = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)

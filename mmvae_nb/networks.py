@@ -98,13 +98,13 @@ def _conv_layers(spec: ModalitySpec, channels: Sequence[int]):
     return C
 
 class ConvEncoder(nn.Module):
-    "Stride-2 4x4 convolutions (`channels`), then two 4x4 convolutions to (μ, ρ), each (B, D)."
+    "Stride-2 4x4 convolutions (`channels`; batch norm after each with `norm`), then two 4x4 convolutions to (μ, ρ), each (B, D)."
     def __init__(self, spec: ModalitySpec, latent_dim: int, channels: Sequence[int] = (32, 64, 128),
-                 activation: Callable = nn.ReLU):
+                 activation: Callable = nn.ReLU, norm: bool = False):
         super().__init__()
         channels = _widths(channels, (32, 64, 128))
         c_in, layers = _conv_layers(spec, channels), []
-        for c in channels: layers += [nn.Conv2d(c_in, c, 4, 2, 1), activation()]; c_in = c
+        for c in channels: layers += [nn.Conv2d(c_in, c, 4, 2, 1), *([nn.BatchNorm2d(c)] if norm else []), activation()]; c_in = c
         self.body = nn.Sequential(*layers)
         self.loc, self.raw_scale = nn.Conv2d(c_in, latent_dim, 4, 1, 0), nn.Conv2d(c_in, latent_dim, 4, 1, 0)
 
@@ -184,9 +184,9 @@ def _mlp(default, activation=nn.ReLU):
     dec = lambda spec, D, hidden=None, likelihood='laplace', **kw: MLPDecoder(spec, D, _widths(hidden, default), likelihood, activation)
     return enc, dec
 
-def _cnn(channels):
-    "Encoder and decoder factories for a square-image CNN with `channels` unless `hidden` is given."
-    enc = lambda spec, D, hidden=None, **kw: ConvEncoder(spec, D, _widths(hidden, channels))
+def _cnn(channels, norm: bool = False):
+    "Encoder and decoder factories for a square-image CNN with `channels` unless `hidden` is given (`norm`: batch-normalised encoder)."
+    enc = lambda spec, D, hidden=None, **kw: ConvEncoder(spec, D, _widths(hidden, channels), norm=norm)
     dec = lambda spec, D, hidden=None, likelihood='laplace', **kw: ConvDecoder(spec, D, _widths(hidden, channels), likelihood)
     return enc, dec
 
@@ -202,6 +202,7 @@ def _caption_decoder(spec, D, hidden=None, likelihood='sequence', encoder=None, 
 ARCHITECTURES: dict = {
     'mnist_mlp': _mlp((400,)),
     'svhn_cnn': _cnn((32, 64, 128)),
+    'svhn_cnn_bn': _cnn((32, 64, 128), norm=True),   # not a paper's: the demo's street encoder (learns faster on clutter)
     'celeba_cnn': _cnn((64, 128, 256, 512)),
     'cub_feature_mlp': _mlp((1024, 512, 256), nn.ELU),
     'caption_cnn': (_caption_encoder, _caption_decoder),
@@ -222,17 +223,19 @@ def default_arch(spec: ModalitySpec) -> str:
 
 # %% ../nbs/04a_networks.ipynb #0c03ce1b
 def build_modality(spec: ModalitySpec, latent_dim: int, likelihood: str | None = None, weight: float = 1.0,
-                   hidden=None, likelihood_scale: float = 0.75) -> Modality:
-    "A `Modality` with the encoder/decoder of `spec.arch` (or the default for its kind and shape)."
+                   hidden=None, likelihood_scale: float = 0.75, arch: str | None = None) -> Modality:
+    "A `Modality` with the encoder/decoder of `arch`, else of `spec.arch` (or the default for its kind and shape); it keeps the name as `.arch`."
     check(int(latent_dim) == latent_dim and latent_dim > 0, f"latent_dim must be a positive integer; got {latent_dim!r}")
-    arch = default_arch(spec)
+    arch = arch or default_arch(spec)
     check(arch in ARCHITECTURES, f"modality {spec.name!r}: unknown architecture {arch!r}; registered: {sorted(ARCHITECTURES)}")
     family = likelihood or default_likelihood(spec)
     check(family in LIKELIHOODS, f"modality {spec.name!r}: unknown likelihood {family!r}; expected one of {LIKELIHOODS}")
     make_encoder, make_decoder = ARCHITECTURES[arch]
     encoder = make_encoder(spec, latent_dim, hidden=hidden)
     decoder = make_decoder(spec, latent_dim, hidden=hidden, likelihood=family, encoder=encoder)
-    return Modality(spec, encoder, decoder, family, likelihood_scale, weight)
+    m = Modality(spec, encoder, decoder, family, likelihood_scale, weight)
+    m.arch = arch      # networks built alongside (JMVAE's joint features) follow the modality's choice
+    return m
 
 def count_parameters(module: nn.Module) -> int:
     "Number of distinct trainable parameters (tied weights counted once)."
