@@ -66,7 +66,7 @@ def test_demo_writes_a_full_report(capsys, tmp_path):
     assert {'config.json', 'metrics.csv', 'steps.csv', 'report.md', 'results.csv', 'results.json', 'loss_curves.png',
             'reconstructions.png', 'cross_generation.png', 'samples.png', 'checkpoints'} <= files
     report = (tmp_path / 'report.md').read_text()
-    assert report.startswith('# MMVAE on the embedded synthetic') and 'reproduce demo --scale cpu --seed 5' in report
+    assert report.startswith('# JMVAE-kl on the embedded synthetic') and 'reproduce demo --scale cpu --seed 5' in report
     assert '**Scale: cpu**' in report and '`epochs=1`' in report and '| cross_coherence | pen | street |' in report
 
 

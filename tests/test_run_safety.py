@@ -116,7 +116,7 @@ def test_cli_resume_reads_the_folders_config_and_applies_lr(capsys, tmp_path, de
     st = torch.load(run / 'checkpoints' / 'ckpt-000000006.pt', weights_only=True)
     assert st['optimizer']['param_groups'][0]['lr'] == pytest.approx(1e-4)
     lrs = [line.split(',')[2] for line in (run / 'metrics.csv').read_text().splitlines()[1:]]
-    assert [float(x) for x in lrs] == pytest.approx([3e-3, 1e-4])
+    assert [float(x) for x in lrs] == pytest.approx([experiments.EXPERIMENTS['demo'].config('cpu').lr, 1e-4])
 
 
 def test_cli_incompatible_resume_changes_nothing(capsys, tmp_path, demo_run):
@@ -280,7 +280,7 @@ def test_a_stalled_rank_ends_the_run_instead_of_hanging(tmp_path):
 
 @pytest.mark.parametrize('change, message', [
     ('lr=abc', "config field lr must be float, got 'abc'"),
-    ('model_kwargs={"objectiv": "elbo"}', "unknown key(s) ['objectiv'] in model_kwargs of model 'mmvae'"),
+    ('model_kwargs={"alpa": 3}', "unknown key(s) ['alpa'] in model_kwargs of model 'jmvae'"),
     ('eval_kwargs={"joint": 5}', "unknown key(s) ['joint'] in eval_kwargs"),
     ('latent_dim=2.5', 'config field latent_dim must be int'),
     ('modle=mvae', "unknown ExperimentConfig key 'modle'")])
