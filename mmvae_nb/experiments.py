@@ -372,7 +372,7 @@ JMVAE_CITE = 'Suzuki, Nakayama, Matsuo. Joint Multimodal Learning with Deep Gene
 DEMO_FULL = dict(model='jmvae', model_kwargs={'alpha': 3.0}, dataset='synthetic_digits', K=1, latent_dim=20,
                  modality_kwargs={'likelihood': 'normal', 'likelihood_scale': 0.1, 'weight': {'pen': 3.0, 'street': 1.0},
                                   'arch': {'street': 'svhn_cnn_bn'}},
-                 batch_size=128, epochs=30, lr=1e-3, eval_kwargs={**MMVAE_PAPER['eval_kwargs'], 'latent': ['mmvae']})
+                 batch_size=128, epochs=30, lr=1e-3, eval_kwargs=MMVAE_PAPER['eval_kwargs'])
 NARROW_STREET = [16, 32, 64]
 register(Experiment(
     'demo', 'JMVAE-kl on the embedded synthetic paired digits (the `make demo` run)', JMVAE_CITE,

@@ -196,8 +196,8 @@ def reproduce_command(exp, cfg: ExperimentConfig) -> str:
 
 def data_statement(cfg: ExperimentConfig) -> str:
     "What the study's data are, against the paper's."
-    return (f"**{MNIST_SVHN}**, the paper's data" if cfg.dataset == 'mnist_svhn_partial' else
-            f"**{MNIST_STREET}** — the paper uses MNIST-SVHN, which these numbers do not measure")
+    return f"**{data_title(cfg)}**" + (", the paper's data" if cfg.dataset == 'mnist_svhn_partial' else
+                                        " — the paper uses MNIST-SVHN, which these numbers do not measure")
 
 def write_study(out_dir, exp, parts: list) -> Path:
     "Write the report lines `parts` of study `exp` as `<study>.md` in `out_dir`, say where, and return `out_dir`."
