@@ -8,7 +8,8 @@ import argparse, json, os, sys, textwrap
 from pathlib import Path
 import torch
 from .core import check
-from .train import parse_overrides, NonFiniteLossError, DistributedTimeoutError, RunLockedError, is_comm_failure
+from .train import (parse_overrides, NonFiniteLossError, DistributedTimeoutError, RunLockedError, is_comm_failure,
+                            close_distributed)
 from .experiments import (EXPERIMENTS, SCALES, ExperimentConfig, apply_overrides, reproduce, train, evaluate)
 
 # %% auto #0
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     threads = torch.get_num_threads()
     if args.command in ('train', 'eval', 'reproduce', 'demo') and args.threads: torch.set_num_threads(args.threads)
-    try: COMMANDS[args.command](args)
+    finished = False
+    try: COMMANDS[args.command](args); finished = True
     except NonFiniteLossError as e: print(f"mmvae-nb: training stopped: {e}", file=sys.stderr); return 3
     except DistributedTimeoutError as e: print(f"mmvae-nb: training stopped: {e}", file=sys.stderr); return 4
     except (ValueError, FileNotFoundError, RunLockedError) as e: print(f"mmvae-nb: error: {e}", file=sys.stderr); return 2
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
               f"({str(e).splitlines()[0][:200]})", file=sys.stderr); return 4
     finally:
         torch.set_num_threads(threads)            # main() called from Python leaves the caller's setting as it was
-        if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+        close_distributed(barrier=finished)       # wait for the peers only when none failed
     return 0
 
 # `python -m mmvae_nb.cli` (and `torchrun -m mmvae_nb.cli`); not when a notebook kernel runs this cell

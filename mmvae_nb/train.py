@@ -21,9 +21,9 @@ except ImportError: fcntl = None
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TrainConfig', 'parse_overrides', 'kl_warmup', 'warmup_length', 'LRFactor',
            'make_optimizer', 'make_scheduler', 'rng_state', 'set_rng_state', 'preserved_rng', 'CheckpointError',
            'CheckpointManager', 'RunLockedError', 'RunLock', 'DistributedTimeoutError', 'world', 'init_distributed',
-           'is_comm_failure', 'LossModule', 'amp_dtype', 'write_csv', 'rescale_data_state', 'loss_sums', 'mean_loss',
-           'resume_changes', 'apply_lr_changes', 'NonFiniteLossError', 'DivergenceGuard', 'nonfinite_state',
-           'nonfinite_inputs', 'Trainer']
+           'close_distributed', 'is_comm_failure', 'LossModule', 'amp_dtype', 'write_csv', 'rescale_data_state',
+           'loss_sums', 'mean_loss', 'resume_changes', 'apply_lr_changes', 'NonFiniteLossError', 'DivergenceGuard',
+           'nonfinite_state', 'nonfinite_inputs', 'Trainer']
 
 # %% ../nbs/05_train.ipynb #fdf41f88
 OPTIMIZERS = ('adam', 'adamw')
@@ -343,6 +343,14 @@ def init_distributed(device=None, backend: str | None = None, timeout: float = 6
     rank, ws = world()
     dev = torch.device('cuda', local) if use_cuda and ws > 1 else torch.device(device or ('cuda' if use_cuda else 'cpu'))
     return rank, ws, dev
+
+def close_distributed(barrier: bool = True):
+    "Leave the process group, if one was joined; `barrier` first waits for every rank, so no rank tears down the transport while a peer still uses it."
+    if not (dist.is_available() and dist.is_initialized()): return
+    if barrier:
+        try: dist.barrier()
+        except RuntimeError: pass                 # a peer already gone: tear down anyway
+    dist.destroy_process_group()
 
 def is_comm_failure(e: BaseException) -> bool:
     "Whether `e` is a collective that timed out or lost its peer (gloo raises these as RuntimeError)."

@@ -12,7 +12,7 @@ from torch.distributions import Independent, Normal
 from mmvae_nb.core import ModalitySpec
 from mmvae_nb.models import MultimodalVAE, Modality
 from mmvae_nb.distributions import product_of_experts
-from mmvae_nb.train import Trainer, TrainConfig, init_distributed
+from mmvae_nb.train import Trainer, TrainConfig, init_distributed, close_distributed
 from mmvae_nb.multimodal import MultimodalDataset, BatchIterator
 
 
@@ -86,7 +86,7 @@ def main(argv=None):
     tr = Trainer(model, it, cfg, out_dir=args.out)
     tr.fit(resume=args.resume)
     if rank == 0: torch.save(model.state_dict(), Path(args.out) / 'final.pt')
-    if ws > 1: torch.distributed.destroy_process_group()
+    close_distributed()                     # all ranks together: a rank tearing down early can abort its peer
 
 
 if __name__ == '__main__':
