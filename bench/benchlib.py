@@ -94,6 +94,9 @@ def _poly(n: int = 5) -> tuple: return tuple(ModalitySpec(f'm{i}', (3, 28, 28), 
 def _nominal(dataset: str, kw: dict) -> tuple:
     "(specs, training items, where the numbers come from) of a registered dataset, without its files."
     from mmvae_nb import multimodal as mm
+    if dataset == 'related_fraction':    # the contrastive studies: another dataset's pairs, a fraction of them related (a mask)
+        rest = {k: v for k, v in kw.items() if k not in ('source', 'f', 'scheme', 'seed', 'add_pairs')}
+        return _nominal(kw.get('source', 'synthetic_digits'), rest)
     if dataset == 'synthetic_digits':
         from mmvae_nb import synthetic as syn
         return (syn.PEN_SPEC, syn.STREET_SPEC), kw.get('n') or syn.SPLITS['train'][1], 'synthetic.SPLITS'

@@ -71,7 +71,8 @@ def mmvae_plus(modalities, latent_dim: int, K: int = 1, latent_dim_w: int = 32, 
 
 MODELS = {'mmvae': 'mmvae_nb.mmvae:MMVAE', 'mvae': 'mmvae_nb.mvae:MVAE', 'jmvae': 'mmvae_nb.jmvae:JMVAE',
           'mopoe': 'mmvae_nb.mopoe:MoPoE', 'mmjsd': 'mmvae_nb.mmjsd:MMJSD', 'mmvae_plus': mmvae_plus,
-          'meme': 'mmvae_nb.meme:MEME'}
+          'meme': 'mmvae_nb.meme:MEME', 'contrastive': 'mmvae_nb.papers.contrastive:contrastive',
+          'ebm_prior': 'mmvae_nb.papers.ebm_prior:ebm_prior'}
 DATASETS = {'synthetic_digits': 'mmvae_nb.synthetic:synthetic_digits', 'mnist_svhn': 'mmvae_nb.multimodal:mnist_svhn',
             'mnist_label': 'mmvae_nb.multimodal:mnist_label', 'farsi_kannada_speech': 'mmvae_nb.multimodal:farsi_kannada_speech',
             'polymnist': 'mmvae_nb.multimodal:polymnist_dataset', 'polymnist_standin': 'mmvae_nb.multimodal:polymnist_standin',

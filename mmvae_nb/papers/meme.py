@@ -19,9 +19,9 @@ __all__ = ['MNIST_STREET', 'MNIST_SVHN', 'MODALITIES', 'STUDY_DATASETS', 'OBSERV
            'EXPERIMENTS_TITLE', 'MEME_PAPER', 'MEME_CPU', 'MEME_PARTIAL', 'TRAIN_DIRECTIONS', 'PAPER_TABLE2',
            'ABLATION_PSEUDO', 'ABLATION_FRACTIONS', 'MEME_RELATEDNESS', 'MEME_LIKELIHOODS', 'MEME_ABLATIONS',
            'observe_partially', 'mnist_street', 'mnist_svhn_partial', 'study_modalities', 'data_title', 'partial_grid',
-           'run_name', 'role_name', 'run_config', 'partial_metrics', 'with_roles', 'train_or_reuse', 'run_many',
-           'describe_partial', 'run_partial', 'runs_table', 'reproduce_command', 'data_statement', 'write_study',
-           'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims', 'chance_note',
+           'run_name', 'role_name', 'run_config', 'evaluation_setup', 'partial_metrics', 'with_roles', 'train_or_reuse',
+           'run_many', 'describe_partial', 'run_partial', 'runs_table', 'reproduce_command', 'data_statement',
+           'write_study', 'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims', 'chance_note',
            'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds', 'likelihood_claims',
            'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims', 'run_ablations', 'run_relatedness']
 
@@ -110,16 +110,22 @@ def run_config(cfg: ExperimentConfig, model: str, scheme: str, f: float) -> Expe
 # %% ../../nbs/07a_meme_reproduction.ipynb #0f669460
 PARTIAL_EVAL = dict(n=None, latent_n=None, latent_epochs=30, w2_batches=10, reference=True, classifier_epochs=30)
 
+def evaluation_setup(defaults: dict, cfg, data: dict, evaluator: str) -> tuple:
+    "(options: `defaults` updated by `cfg.eval_kwargs`, checked; the training pairs all observed; the classifiers) of a study's evaluator."
+    from mmvae_nb import metrics
+    o = {**defaults, **cfg.eval_kwargs}
+    unknown = sorted(set(o) - set(defaults))
+    check(not unknown, f"unknown eval_kwargs {unknown} for the {evaluator} evaluator; valid: {sorted(defaults)}")
+    # every training item with both modalities, under one name for all fractions (a classifier trained on it is cached once)
+    probe = data['train'].replace(mask=torch.ones_like(data['train'].mask), name=data['train'].name.split(', f=')[0])
+    clf = metrics.load_or_train_classifiers(probe, data['test'], reference=o['reference'], epochs=o['classifier_epochs'], seed=cfg.seed)
+    return o, probe, clf
+
 def partial_metrics(model, data: dict, cfg) -> list:
     "One run's rows: cross coherence both ways, linear latent accuracy per modality, W2 of paired vs unpaired test items."
     from mmvae_nb import metrics
-    o = {**PARTIAL_EVAL, **cfg.eval_kwargs}
-    unknown = sorted(set(o) - set(PARTIAL_EVAL))
-    check(not unknown, f"unknown eval_kwargs {unknown} for the meme_partial evaluator; valid: {sorted(PARTIAL_EVAL)}")
+    o, probe, clf = evaluation_setup(PARTIAL_EVAL, cfg, data, 'meme_partial')
     test = data['test']
-    # every training item with both modalities, under one name for all fractions (a classifier trained on it is cached once)
-    probe = data['train'].replace(mask=torch.ones_like(data['train'].mask), name=data['train'].name.split(', f=')[0])
-    clf = metrics.load_or_train_classifiers(probe, test, reference=o['reference'], epochs=o['classifier_epochs'], seed=cfg.seed)
     names = test.modalities                                   # in role order: MNIST, then street or SVHN
     rows = [metrics.cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in (names, names[::-1])]
     rows += [metrics.latent_accuracy_linear(model, probe, test, [m], epochs=o['latent_epochs'], n_train=o['latent_n'], seed=cfg.seed)
