@@ -520,7 +520,9 @@ class Trainer:
         # nothing touches the folder before `fit` holds its lock (and a failed resume leaves it as it was)
         self.ckpt = (CheckpointManager(self.out_dir / 'checkpoints', config.ckpt_keep, writer=self.is_main, clean=False)
                      if self.out_dir else None)
-        self.optimizer = make_optimizer(model.parameters(), config)
+        # a model may ask for its own parameter groups (e.g. a slower energy network): `parameter_groups(lr)`
+        groups = getattr(model, 'parameter_groups', None)
+        self.optimizer = make_optimizer(groups(config.lr) if callable(groups) else model.parameters(), config)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.amp_dtype = amp_dtype(self.device, config.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

@@ -38,12 +38,16 @@ def related_fraction(split: str = 'train', source: str = 'synthetic_digits', f: 
     rest observed one modality each (`scheme` 'split') or always the named one, as in MEME's partial observation."""
     check(0 < f <= 1, f"f (the fraction of related pairs) must be in (0, 1]; got {f}")
     check(source != 'related_fraction', "source must be another dataset")
+    p = None
+    if add_pairs is not None and split == 'train':
+        check(Path(add_pairs).exists(), f"add_pairs: {add_pairs} does not exist (written by the contrastive_propagation study)")
+        p = json.loads(Path(add_pairs).read_text())
+        n = p['n']                                  # the rows index the dataset the pairs were scored on
     if n is not None: source_kwargs['n'] = n
     pairs = resolve(source, DATASETS, 'dataset')(split, **source_kwargs)
     ds = observe_partially(pairs, split, f, scheme, seed, False, pairs.name.split(' train')[0].split(' test')[0])
-    if add_pairs is None or split != 'train': return ds
-    check(Path(add_pairs).exists(), f"add_pairs: {add_pairs} does not exist (written by the contrastive_propagation study)")
-    p = json.loads(Path(add_pairs).read_text())
+    if p is None: return ds
+    check(len(ds) == p['n'], f"add_pairs: {add_pairs} was scored on {p['n']} items; the dataset has {len(ds)}")
     return with_pairs(ds, torch.tensor(p['rows_a'], dtype=torch.long), torch.tensor(p['rows_b'], dtype=torch.long))
 
 DATASETS['related_fraction'] = 'mmvae_nb.papers.contrastive:related_fraction'
@@ -181,10 +185,10 @@ def run_efficiency(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=N
     bases, fractions = EFFICIENCY_GRIDS.get(cfg.scale, EFFICIENCY_GRIDS['paper'])
     results, walls = run_many(efficiency_runs(cfg, bases, fractions), exp, out_dir, device, data_root, describe_run)
     if not all(results.values()): return out_dir                         # a DDP rank other than 0
-    with atomic_write(out_dir / 'results.json', 'w') as fh: json.dump(results, fh, indent=1)
+    with atomic_write(out_dir / f'{exp.name}.json', 'w') as fh: json.dump(results, fh, indent=1)
     fig = efficiency_figure(results, bases, fractions, out_dir / 'efficiency.png')
     parts = _study_head(exp, cfg)
-    for metric, label in SUMMARY_METRICS + (('iwae_log_likelihood', 'test log-likelihood (IWAE)'),):
+    for metric, label in SUMMARY_METRICS + (('log_likelihood', 'test log-likelihood log p(x, y) (IWAE)'),):
         parts += [f"## {label}", '', efficiency_table(results, bases, fractions, metric), '']
     parts += [f"![data-efficiency curves]({fig.name})", '', "## The paper's claim: 20% of the related pairs suffice", '',
               'The paper: contrastive models need only 20% of the related data to match the base models trained on all of it '
@@ -260,12 +264,14 @@ def run_propagation(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
         scored = score_candidates(model.eval(), data['train'], rows_a, rows_b, K=o['pmi_K'], seed=cfg.seed)
         prop[base], top = propagation_rows(scored, o['select'])
         pairs_file = out_dir / f"{name}_propagated_pairs.json"
-        with atomic_write(pairs_file, 'w') as fh: json.dump({'rows_a': rows_a[top].tolist(), 'rows_b': rows_b[top].tolist()}, fh)
-        again = rcfg.replace(dataset_kwargs={**rcfg.dataset_kwargs, 'add_pairs': str(pairs_file)}, eval_kwargs=ev)
+        with atomic_write(pairs_file, 'w') as fh:
+            json.dump({'n': len(data['train']), 'rows_a': rows_a[top].tolist(), 'rows_b': rows_b[top].tolist()}, fh)
+        again = rcfg.replace(dataset_kwargs={**rcfg.dataset_kwargs, 'add_pairs': str(pairs_file)}, eval_kwargs=ev,
+                             n_train=len(data['train']) + len(top))        # every original item and every added pair
         t = time.perf_counter()
         results[name + '_propagated'] = train_or_reuse(again, out_dir / (name + '_propagated'), exp, device, data_root)
         walls[name + '_propagated'] = round(time.perf_counter() - t, 1)
-    with atomic_write(out_dir / 'results.json', 'w') as fh: json.dump({**results, **{f'{b}_propagation': r for b, r in prop.items()}}, fh, indent=1)
+    with atomic_write(out_dir / f'{exp.name}.json', 'w') as fh: json.dump({**results, **{f'{b}_propagation': r for b, r in prop.items()}}, fh, indent=1)
     parts += ['## Scoring unpaired candidates by PMI', '', '| model | precision | recall | ROC-AUC | protocol |', '|---|---|---|---|---|']
     parts += [f"| {BASE_NAMES.get(b, b)} + contrastive | {r[0]['value']:.3f} | {r[1]['value']:.3f} | {r[2]['value']:.3f} | {r[0]['protocol']} |"
               for b, r in prop.items()]
