@@ -161,8 +161,10 @@ class MoEWeights(NamedTuple):
 class MMVAE(MultimodalVAE):
     "Shi et al. (2019): uniform mixture of unimodal experts trained with a stratified IWAE/DReG bound."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int = 20, K: int = 10, objective: str = 'dreg_looser',
-                 posterior: str = 'laplace_softmax', learn_prior: bool = True, beta: float = 1.0, decode_chunk: int | None = None):
-        super().__init__(modalities, latent_dim, posterior, learn_prior=learn_prior, beta=beta)
+                 posterior: str = 'laplace_softmax', learn_prior: bool = True, beta: float = 1.0, decode_chunk: int | None = None,
+                 prior: str | None = None):
+        # `prior`: the prior's family when it differs from the experts' (None: the same); the bounds only need log p(z)
+        super().__init__(modalities, latent_dim, posterior, prior=prior, learn_prior=learn_prior, beta=beta)
         check(objective in OBJECTIVES, f"unknown MMVAE objective {objective!r}; expected one of {OBJECTIVES}")
         check(int(K) == K and K >= 1, f"K must be a positive integer; got {K!r}")
         self.K, self.objective = int(K), objective
