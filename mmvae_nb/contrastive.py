@@ -117,9 +117,12 @@ def contrast_bounds(self: Contrastive, batch: Batch) -> tuple:
 def _contrastive_loss(self: Contrastive, batch: Batch):
     base_loss, terms = self.base.loss(batch)
     B = len(batch)
-    P = B if batch.mask.device.type == 'meta' else int(batch.mask.all(1).sum())
+    meta = batch.mask.device.type == 'meta'
+    P = B if meta else int(batch.mask.all(1).sum())
+    # a batch too small to re-pair (e.g. an epoch's one-item tail) has nothing to contrast
+    lenders = meta or all(int(batch.observed(m).sum()) >= 2 for m in self.base.names if m != self.anchor)
     own = self.generative == 'own'
-    if P == 0:                                    # nothing to contrast: the generative term alone
+    if P == 0 or not lenders:                     # nothing to contrast: the generative term alone
         return ((self.gamma - 1) * base_loss if own else -self.gamma * joint_bound(self.base, batch, self.bound_K).mean()), terms
     pos, neg, _ = contrast_bounds(self, batch)
     contrast = contrastive_objective(pos, neg, 1.0)                       # L_C per related pair

@@ -95,7 +95,6 @@ class EBMPrior(nn.Module):
     def prior_samples(self, n: int, n_steps: int | None = None, generator: torch.Generator | None = None,
                       keep_every: int | None = None, progress: bool = False) -> tuple:
         "(n Langevin samples of $p_\\alpha$ from $p_0$, detached; the chain states every `keep_every` steps)."
-        dev = generator.device if generator is not None else self.base.prior().mean.device
         p0 = self.base.prior()
         z0 = p0.sample((int(n),)) if generator is None else _sample_with(p0, int(n), generator).to(p0.mean.device)
         return langevin(self.log_prior, z0, self.n_steps if n_steps is None else n_steps, self.step_size, self.noise,
@@ -118,7 +117,8 @@ def _ebm_loss(self: EBMPrior, batch: Batch):
     z_q = self.base.joint_posterior(batch).rsample()         # one reparameterised posterior sample per item
     z_p, _ = self.prior_samples(len(batch))                  # Langevin prior samples, held fixed
     f_q, f_p = self.f(z_q), self.f(z_p)
-    total = base_loss - f_q.mean() + f_p.mean()              # -(ELBO_0 + E_q f) + the surrogate of log Z
+    # part of the prior term, so weighted like the base's KL (beta, KL warm-up)
+    total = base_loss + self.base.beta * self.base.kl_scale * (f_p.mean() - f_q.mean())   # -(ELBO_0 + E_q f) + surrogate of log Z
     return total, {**terms, 'energy_posterior': f_q.mean().detach(), 'energy_prior': f_p.mean().detach()}
 
 @torch.no_grad()
