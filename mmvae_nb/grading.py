@@ -12,7 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SOLUTION', 'CheckResult', 'run_properties', 'passed', 'check_log_sum_exp', 'check_product_of_experts', 'check_w2',
-           'check_contrastive_loss', 'check_langevin_step', 'student_source', 'make_student', 'grade', 'main']
+           'check_contrastive_loss', 'check_langevin_step', 'check_iwae', 'check_meme_lse', 'student_source',
+           'make_student', 'grade', 'main']
 
 # %% ../nbs/11_grading.ipynb #5596f33d
 @dataclass
@@ -144,6 +145,42 @@ def check_langevin_step(fn: Callable, verbose: bool = True) -> list:
         ('value', value, 'z + (s^2 / 2) * grad + s * noise'),
         ('drift', no_noise, 'the drift is (s^2 / 2) times the gradient of log p'),
         ('step scaling', scaling, 'doubling s multiplies the drift by 4 and the noise by 2')], verbose)
+
+# %% ../nbs/11_grading.ipynb #09157b9c
+def check_iwae(fn: Callable, verbose: bool = True) -> list:
+    "Check `fn(log_w)` (log-weights (K, B), samples in dim 0) against `elbo.iwae_bound`."
+    from mmvae_nb.elbo import iwae_bound
+    g = torch.Generator().manual_seed(5)
+    lw = torch.randn(8, 5, generator=g, dtype=torch.float64) * 4
+    def value(): _close(fn(lw), iwae_bound(lw), 'IWAE of random log-weights (K = 8)')
+    def one(): _close(fn(lw[:1]), lw[0], 'K = 1 (the single log-weight)')
+    def large():
+        got = fn(lw - 3000)
+        assert bool(torch.isfinite(got).all()), "log-weights near -3000 give a non-finite bound (exp underflows)"
+    def gradient():
+        x = lw.clone().requires_grad_(True); fn(x).sum().backward()
+        _close(x.grad, torch.softmax(lw, 0), 'the gradient (the normalised importance weights)')
+    return run_properties('iwae', [
+        ('value', value, 'log of the MEAN over K of exp(log_w): log-sum-exp minus log K'),
+        ('K = 1', one, 'with one sample the bound is that sample\'s log-weight'),
+        ('large magnitudes', large, 'use a stable log-sum-exp'),
+        ('gradient', gradient, 'differentiate through the log-sum-exp, not through a detached copy')], verbose)
+
+def check_meme_lse(fn: Callable, verbose: bool = True) -> list:
+    "Check `fn(log_qt_z0 (B,), log_qt_zk (K, B))` against `meme.lse_log_qt_s` with the posterior sample included."
+    from mmvae_nb.meme import lse_log_qt_s
+    g = torch.Generator().manual_seed(6)
+    q0, qk = torch.randn(4, generator=g, dtype=torch.float64) * 3, torch.randn(6, 4, generator=g, dtype=torch.float64) * 3
+    def value(): _close(fn(q0, qk), lse_log_qt_s(q0, qk, True), 'the estimate with K = 6 fresh samples')
+    def only_posterior(): _close(fn(q0, qk[:0]), q0, 'no fresh samples (K = 0): log q(t | z_0) itself')
+    def large():
+        got = fn(q0 - 2000, qk - 2000)
+        assert bool(torch.isfinite(got).all()), "values near -2000 give a non-finite estimate"
+    return run_properties('meme_lse', [
+        ('value', value, 'log-sum-exp over the K fresh terms AND the posterior sample\'s, minus log(K + 1)'),
+        ('posterior sample alone', only_posterior, 'the posterior sample z_0 is one of the K + 1 terms'),
+        ('large magnitudes', large, 'use a stable log-sum-exp')], verbose)
+
 
 # %% ../nbs/11_grading.ipynb #1a8e5e48
 SOLUTION = re.compile(r'^([ \t]*)# BEGIN SOLUTION[ \t]*$.*?^[ \t]*# END SOLUTION[ \t]*$', re.M | re.S)
