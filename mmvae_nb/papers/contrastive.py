@@ -18,8 +18,8 @@ __all__ = ['CONTRASTIVE_EVAL', 'BASES', 'BASE_NAMES', 'EFFICIENCY_FRACTIONS', 'S
            'CONTRASTIVE_CITE', 'BASE_SETTINGS', 'EFFICIENCY_GRIDS', 'PROPAGATION_BASES', 'CONTRASTIVE_OPTIONS',
            'STUDY_PAPER', 'STUDY_CPU', 'CPU_REDUCTION', 'CONTRASTIVE_EFFICIENCY', 'CONTRASTIVE_PROPAGATION',
            'contrastive', 'related_fraction', 'with_pairs', 'relatedness_pairs', 'pmi_auc', 'contrastive_metrics',
-           'efficiency_runs', 'efficiency_table', 'twenty_percent_claims', 'efficiency_figure', 'data_title',
-           'run_efficiency', 'describe_run', 'candidate_pairs', 'score_candidates', 'propagation_rows',
+           'efficiency_runs', 'efficiency_table', 'full_data_table', 'twenty_percent_claims', 'efficiency_figure',
+           'data_title', 'run_efficiency', 'describe_run', 'candidate_pairs', 'score_candidates', 'propagation_rows',
            'run_propagation']
 
 # %% ../../nbs/08a_contrastive_reproduction.ipynb #b816e67a
@@ -142,6 +142,23 @@ def efficiency_table(results: dict, bases, fractions, metric: str) -> str:
             lines.append(f"| {BASE_NAMES.get(base, base)}{variant} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
+def full_data_table(results: dict, bases, f: float = 1.0) -> str:
+    "Markdown: every model, plain and contrastive, at fraction `f`: cross coherence each way, joint coherence, latent accuracy per modality, log p(x, y)."
+    some = next(iter(results.values()))
+    dirs = [(r['given'], r['target']) for r in some if r['metric'] == 'cross_coherence']
+    mods = [r['given'] for r in some if r['metric'] == 'latent_accuracy']
+    pick = lambda rows, m, g=None, t=None: next((r['value'] for r in rows if r['metric'] == m and (g is None or r['given'] == g)
+                                                 and (t is None or r['target'] == t)), float('nan'))
+    head = [f"{g} → {t}" for g, t in dirs] + ['joint'] + [f"latent {m}" for m in mods] + ['log p(x, y)']
+    lines = ['| model | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
+    for base in bases:
+        for variant, key in (('', f"{base}_f{f:g}"), (' + contrastive', f"{base}_contrastive_f{f:g}")):
+            rows = results.get(key, [])
+            vals = [pick(rows, 'cross_coherence', g, t) for g, t in dirs] + [pick(rows, 'joint_coherence')] + \
+                   [pick(rows, 'latent_accuracy', m) for m in mods] + [pick(rows, 'log_likelihood')]
+            lines.append(f"| {BASE_NAMES.get(base, base)}{variant} | " + ' | '.join(f"{v:.3f}" for v in vals[:-1]) + f" | {vals[-1]:.1f} |")
+    return '\n'.join(lines)
+
 def twenty_percent_claims(results: dict, bases, tolerance: float = 0.95) -> list:
     """(base, metric, contrastive at 20%, base at 100%, held) — held when the contrastive model with 20% related pairs reaches
     `tolerance` x the base model's value with all of them (the paper: "similar performance")."""
@@ -187,7 +204,8 @@ def run_efficiency(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=N
     if not all(results.values()): return out_dir                         # a DDP rank other than 0
     with atomic_write(out_dir / f'{exp.name}.json', 'w') as fh: json.dump(results, fh, indent=1)
     fig = efficiency_figure(results, bases, fractions, out_dir / 'efficiency.png')
-    parts = _study_head(exp, cfg)
+    parts = _study_head(exp, cfg) + [f'## Every model at {max(fractions):.0%} related pairs, each direction', '',
+                                     full_data_table(results, bases, max(fractions)), '']
     for metric, label in SUMMARY_METRICS + (('log_likelihood', 'test log-likelihood log p(x, y) (IWAE)'),):
         parts += [f"## {label}", '', efficiency_table(results, bases, fractions, metric), '']
     parts += [f"![data-efficiency curves]({fig.name})", '', "## The paper's claim: 20% of the related pairs suffice", '',
