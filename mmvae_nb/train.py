@@ -288,7 +288,11 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                owner = os.pread(fd, 4096, 0).decode(errors='replace'); os.close(fd)
+                owner = os.pread(fd, 4096, 0).decode(errors='replace')
+                for _ in range(40):          # the holder locks before it writes its pid: give it a moment to say who it is
+                    if owner.strip(): break
+                    time.sleep(0.025); owner = os.pread(fd, 4096, 0).decode(errors='replace')
+                os.close(fd)
                 raise RunLockedError(f"{self.dir} is in use by another training ({_owner(owner)}); wait for it to end, or "
                                      "train into another folder (--out)") from None
             try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
