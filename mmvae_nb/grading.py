@@ -240,4 +240,6 @@ def main(argv=None):
     elif a[:1] == ['run'] and len(a) == 2: _execute(a[1])
     else: sys.exit("usage: python -m mmvae_nb.grading student SOLUTION.ipynb STUDENT.ipynb | grade FOLDER OUT.csv [TIMEOUT_S] | run NOTEBOOK.ipynb")
 
-if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()     # `python -m mmvae_nb.grading ...`, not the notebook
+# %% ../nbs/11_grading.ipynb #6a54e6c8
+#| eval: false
+if __name__ == '__main__': main()            # `python -m mmvae_nb.grading ...` (not run in the notebook)
