@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from .core import Batch, check
+from .models import ModelWrapper
 
 # %% auto #0
 __all__ = ['GENERATIVE', 'contrastive_objective', 'unrelated_pairs', 'concat_batches', 'joint_bound', 'pmi', 'Contrastive',
@@ -81,28 +82,18 @@ def pmi(model, batch: Batch, K: int = 100, seed: int | None = 0) -> torch.Tensor
 # %% ../nbs/08_contrastive.ipynb #3730dc38
 GENERATIVE = ('own', 'bound')
 
-class Contrastive(nn.Module):
+class Contrastive(ModelWrapper):
     "Any model of the shared interface, trained with the contrastive objective; every other question goes to the base model."
     def __init__(self, base: nn.Module, gamma: float = 2.0, n_negatives: int = 5, bound_K: int = 1,
                  generative: str = 'own', anchor: str | None = None):
-        super().__init__()
+        super().__init__(base)
         check(generative in GENERATIVE, f"generative must be one of {GENERATIVE}; got {generative!r}")
         check(gamma >= 1, f"gamma must be >= 1 (1 is the degenerate pure contrast); got {gamma}")
         check(int(n_negatives) >= 1 and int(bound_K) >= 1, f"n_negatives and bound_K must be >= 1; got {n_negatives}, {bound_K}")
         check(anchor is None or anchor in base.names, f"anchor {anchor!r} is not one of the model's modalities {base.names}")
-        self.base = base
         self.gamma, self.n_negatives, self.bound_K, self.generative = float(gamma), int(n_negatives), int(bound_K), generative
         self.anchor = anchor or base.names[0]
 
-    def __getattr__(self, name):
-        try: return super().__getattr__(name)            # parameters, buffers, submodules (`base`)
-        except AttributeError:
-            if name == 'base': raise
-            return getattr(self._modules['base'], name)    # the interface: names, mods, joint_posterior, generate, ...
-
-    # attributes the trainer sets (KL warm-up) must reach the base model that reads them
-    kl_scale = property(lambda s: s.base.kl_scale, lambda s, v: setattr(s.base, 'kl_scale', v))
-    beta = property(lambda s: s.base.beta, lambda s, v: setattr(s.base, 'beta', v))
 
     def __repr__(self): return f"Contrastive(gamma={self.gamma:g}, N={self.n_negatives}, K={self.bound_K}, {self.generative!r}, base={self.base!r})"
 

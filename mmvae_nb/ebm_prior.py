@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 from .core import Batch, check
+from .models import ModelWrapper
 
 # %% auto #0
 __all__ = ['tilted_log_prob', 'langevin', 'EnergyMLP', 'EBMPrior']
@@ -57,14 +58,14 @@ class EnergyMLP(nn.Module):
         return self.out(self.net(z)).squeeze(-1)
 
 # %% ../nbs/09_ebm_prior.ipynb #1bc6ae05
-class EBMPrior(nn.Module):
+class EBMPrior(ModelWrapper):
     "Any model of the shared interface with its prior tilted by an energy network, sampled by short-run Langevin dynamics."
     def __init__(self, base: nn.Module, energy: nn.Module | None = None, n_steps: int = 50, step_size: float = 0.4,
                  noise: bool = True, energy_dims: int | None = None, hidden: Sequence[int] = (200, 200), energy_lr_scale: float = 1.0):
-        super().__init__()
+        super().__init__(base)
         D = base.prior().event_shape[-1]
         check(energy_dims is None or 0 < int(energy_dims) <= D, f"energy_dims must be in 1..{D} (the latent size) or None; got {energy_dims}")
-        self.base, self.energy_dims = base, energy_dims
+        self.energy_dims = energy_dims
         self.energy = energy if energy is not None else EnergyMLP(energy_dims or D, hidden)
         self.n_steps, self.step_size, self.noise = int(n_steps), float(step_size), bool(noise)
         check(energy_lr_scale > 0, f"energy_lr_scale must be > 0; got {energy_lr_scale}")
@@ -74,15 +75,6 @@ class EBMPrior(nn.Module):
         "The trainer's optimizer groups: the base model at `lr`, the energy at `lr * energy_lr_scale` (Pang et al. train it slower)."
         return [{'params': list(self.base.parameters()), 'lr': lr},
                 {'params': list(self.energy.parameters()), 'lr': lr * self.energy_lr_scale}]
-
-    def __getattr__(self, name):
-        try: return super().__getattr__(name)               # parameters, submodules (`base`, `energy`)
-        except AttributeError:
-            if name in ('base', 'energy'): raise
-            return getattr(self._modules['base'], name)       # the interface: names, mods, joint_posterior, generate, ...
-
-    kl_scale = property(lambda s: s.base.kl_scale, lambda s, v: setattr(s.base, 'kl_scale', v))
-    beta = property(lambda s: s.base.beta, lambda s, v: setattr(s.base, 'beta', v))
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         "$f_\\alpha(z)$ (...,) on the coordinates the energy sees."

@@ -15,7 +15,8 @@ from .distributions import product_of_experts, mixture_log_prob, softmax_laplace
 
 # %% auto #0
 __all__ = ['LIKELIHOODS', 'DECODE_CHUNK', 'POSTERIORS', 'default_likelihood', 'FixedScaleLikelihood', 'likelihood_dist',
-           'Modality', 'posterior_dist', 'UniformMixture', 'Prior', 'MultimodalVAE', 'meta_step', 'quick_fit']
+           'Modality', 'posterior_dist', 'UniformMixture', 'Prior', 'MultimodalVAE', 'meta_step', 'ModelWrapper',
+           'quick_fit']
 
 # %% ../nbs/04_models.ipynb #5d5338f4
 LIKELIHOODS = ('laplace', 'normal', 'bernoulli', 'continuous_bernoulli', 'categorical', 'sequence', 'binary')
@@ -300,6 +301,24 @@ def meta_step(model: MultimodalVAE, batch: Batch):
         m = model.to('meta'); loss, _ = m.loss(batch.to('meta')); loss.backward()
         return tuple(loss.shape)
     finally: Distribution.set_default_validate_args(validate)
+
+# %% ../nbs/04_models.ipynb #0bb8a779
+class ModelWrapper(nn.Module):
+    "A model of the shared interface around `base`: whatever it does not define itself is the base model's."
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+
+    def __getattr__(self, name):
+        try: return super().__getattr__(name)               # parameters, buffers, submodules (`base`, ...)
+        except AttributeError:
+            if name == 'base': raise
+            return getattr(self._modules['base'], name)       # the interface: names, mods, joint_posterior, generate, ...
+
+    # attributes the trainer sets must reach the base model that reads them
+    kl_scale = property(lambda s: s.base.kl_scale, lambda s, v: setattr(s.base, 'kl_scale', v))
+    beta = property(lambda s: s.base.beta, lambda s, v: setattr(s.base, 'beta', v))
+
 
 # %% ../nbs/04_models.ipynb #fe4bc502
 def quick_fit(model: MultimodalVAE, dataset, steps: int, batch_size: int = 32, lr: float = 1e-3,

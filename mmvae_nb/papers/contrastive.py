@@ -11,7 +11,8 @@ from ..core import check, atomic_write
 from ..contrastive import Contrastive, pmi, unrelated_pairs
 from ..experiments import (Experiment, ExperimentConfig, register, DATASETS, MODELS, resolve, load_run, scale_statement)
 from ..multimodal import MultimodalDataset
-from .meme import observe_partially, run_many, runs_table, write_study, reproduce_command, evaluation_setup
+from .meme import (observe_partially, run_many, runs_table, write_study, reproduce_command, evaluation_setup,
+                                  mean_value)
 
 # %% auto #0
 __all__ = ['CONTRASTIVE_EVAL', 'BASES', 'BASE_NAMES', 'EFFICIENCY_FRACTIONS', 'SUMMARY_METRICS', 'PROPAGATION',
@@ -126,10 +127,6 @@ def efficiency_runs(cfg: ExperimentConfig, bases=BASES, fractions=EFFICIENCY_FRA
     return runs
 
 # %% ../../nbs/08a_contrastive_reproduction.ipynb #d54a0e90
-def _val(rows, metric, given=None) -> float:
-    vals = [r['value'] for r in rows if r['metric'] == metric and (given is None or r['given'] == given)]
-    return float(np.mean(vals)) if vals else float('nan')
-
 SUMMARY_METRICS = (('cross_coherence', 'cross coherence (mean of both directions)'), ('joint_coherence', 'joint coherence'),
                    ('latent_accuracy', 'latent accuracy (mean of both modalities)'), ('pmi_auc', 'PMI ROC-AUC, same class vs not'))
 
@@ -138,7 +135,7 @@ def efficiency_table(results: dict, bases, fractions, metric: str) -> str:
     lines = ['| model | ' + ' | '.join(f"{f:.0%} related" for f in fractions) + ' |', '|---' * (len(fractions) + 1) + '|']
     for base in bases:
         for variant, key in (('', '{b}_f{f:g}'), (' + contrastive', '{b}_contrastive_f{f:g}')):
-            cells = [f"{_val(results[key.format(b=base, f=f)], metric):.3f}" if key.format(b=base, f=f) in results else '–' for f in fractions]
+            cells = [f"{mean_value(results[key.format(b=base, f=f)], metric):.3f}" if key.format(b=base, f=f) in results else '–' for f in fractions]
             lines.append(f"| {BASE_NAMES.get(base, base)}{variant} | " + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -165,7 +162,7 @@ def twenty_percent_claims(results: dict, bases, tolerance: float = 0.95) -> list
     out = []
     for base in bases:
         for metric, _ in SUMMARY_METRICS[:3]:
-            c20, b100 = _val(results.get(f"{base}_contrastive_f0.2", []), metric), _val(results.get(f"{base}_f1", []), metric)
+            c20, b100 = mean_value(results.get(f"{base}_contrastive_f0.2", []), metric), mean_value(results.get(f"{base}_f1", []), metric)
             out.append((base, metric, c20, b100, bool(c20 >= tolerance * b100) if not np.isnan(c20 + b100) else None))
     return out
 
@@ -178,7 +175,7 @@ def efficiency_figure(results: dict, bases, fractions, path) -> Path:
     for ax, (metric, label) in zip(axes[0], SUMMARY_METRICS):
         for i, base in enumerate(bases):
             for variant, ls in (('', '--'), ('_contrastive', '-')):
-                ys = [_val(results.get(f"{base}{variant}_f{f:g}", []), metric) for f in fractions]
+                ys = [mean_value(results.get(f"{base}{variant}_f{f:g}", []), metric) for f in fractions]
                 ax.plot(fractions, ys, ls, marker='o', ms=3, color=f'C{i}',
                         label=f"{BASE_NAMES.get(base, base)}{' + contrastive' if variant else ''}")
         ax.set_xscale('log'); ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions]); ax.minorticks_off()
@@ -219,7 +216,7 @@ def run_efficiency(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=N
 
 def describe_run(rows) -> str:
     "One line of a run's main numbers."
-    return ' · '.join(f"{m.split('_')[0]} {_val(rows, m):.3f}" for m, _ in SUMMARY_METRICS)
+    return ' · '.join(f"{m.split('_')[0]} {mean_value(rows, m):.3f}" for m, _ in SUMMARY_METRICS)
 
 # %% ../../nbs/08a_contrastive_reproduction.ipynb #15625ba7
 PROPAGATION = dict(candidates_per_item=2, select=0.1, pmi_K=10)
@@ -298,7 +295,7 @@ def run_propagation(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=
     for base in bases:
         for key, label in ((f"{base}_f{f:g}", ''), (f"{base}_contrastive_f{f:g}", ' + contrastive'),
                            (f"{base}_contrastive_f{f:g}_propagated", ' + contrastive + propagated pairs')):
-            parts.append(f"| {BASE_NAMES.get(base, base)}{label} | " + ' | '.join(f"{_val(results[key], m):.3f}" for m, _ in SUMMARY_METRICS) + ' |')
+            parts.append(f"| {BASE_NAMES.get(base, base)}{label} | " + ' | '.join(f"{mean_value(results[key], m):.3f}" for m, _ in SUMMARY_METRICS) + ' |')
     parts += ['', runs_table(out_dir, walls), '', f"Total: {time.perf_counter() - t0:.0f} s for this call."]
     return write_study(out_dir, exp, parts)
 

@@ -11,7 +11,7 @@ from ..core import check, atomic_write
 from ..ebm_prior import EBMPrior
 from ..experiments import (Experiment, ExperimentConfig, register, MODELS, EVALUATORS, MMVAE_PAPER, resolve, load_run,
                                   scale_statement)
-from .meme import run_many, runs_table, write_study, reproduce_command, evaluation_setup
+from .meme import run_many, runs_table, write_study, reproduce_command, evaluation_setup, mean_value
 
 # %% auto #0
 __all__ = ['EBM_EVAL', 'SUMMARY', 'EBM_CITE', 'CHAIN_TRAIN_STEPS', 'EBM_OPTIONS', 'EBM_MNIST_SVHN', 'EBM_CPU',
@@ -44,10 +44,6 @@ def ebm_metrics(model, data: dict, cfg) -> list:
     return rows
 
 EVALUATORS['ebm_metrics'] = ebm_metrics
-
-def _val(rows, metric: str) -> float:
-    vals = [r['value'] for r in rows if r['metric'] == metric]
-    return float(np.mean(vals)) if vals else float('nan')
 
 SUMMARY = (('cross_coherence', 'cross coherence (mean over directions)'), ('joint_coherence', 'joint coherence'),
            ('latent_accuracy', 'latent accuracy (mean over modalities)'))
@@ -92,14 +88,14 @@ def _head(exp, cfg) -> list:
 def comparison_table(results: dict) -> str:
     "Markdown: a row per run, a column per summary metric."
     lines = ['| run | ' + ' | '.join(l for _, l in SUMMARY) + ' |', '|---' * (len(SUMMARY) + 1) + '|']
-    lines += [f"| {name} | " + ' | '.join(f"{_val(rows, m):.3f}" for m, _ in SUMMARY) + ' |' for name, rows in results.items()]
+    lines += [f"| {name} | " + ' | '.join(f"{mean_value(rows, m):.3f}" for m, _ in SUMMARY) + ' |' for name, rows in results.items()]
     return '\n'.join(lines)
 
 def run_ebm(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=None, resume: bool = False, train_steps=()) -> Path:
     "The runner of `ebm_prior` (and, with `train_steps`, of `ebm_chains`): train or reuse, compare, draw the chains."
     t0, out_dir = time.perf_counter(), Path(out_dir)
     runs = ebm_runs(cfg, train_steps)
-    results, walls = run_many(runs, exp, out_dir, device, data_root, lambda rows: ' · '.join(f"{m.split('_')[0]} {_val(rows, m):.3f}" for m, _ in SUMMARY))
+    results, walls = run_many(runs, exp, out_dir, device, data_root, lambda rows: ' · '.join(f"{m.split('_')[0]} {mean_value(rows, m):.3f}" for m, _ in SUMMARY))
     if not all(results.values()): return out_dir
     main = f"ebm_{cfg.model_kwargs.get('n_steps', 50)}steps"
     with atomic_write(out_dir / f'{exp.name}.json', 'w') as fh: json.dump(results, fh, indent=1)
@@ -107,7 +103,7 @@ def run_ebm(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=None, re
     fig = chain_figure(model.eval(), out_dir / f'{exp.name}_chains.png', seed=cfg.seed)
     parts = _head(exp, cfg) + ['## EBM prior against the Laplace-prior baseline', '', comparison_table(results), '']
     b, e = results['baseline'], results[main]
-    verdict = [f"- {label}: EBM {_val(e, m):.3f} vs baseline {_val(b, m):.3f} — {'higher' if _val(e, m) > _val(b, m) else 'not higher'}"
+    verdict = [f"- {label}: EBM {mean_value(e, m):.3f} vs baseline {mean_value(b, m):.3f} — {'higher' if mean_value(e, m) > mean_value(b, m) else 'not higher'}"
                for m, label in SUMMARY]
     parts += ["The page's claim (higher coherence and latent classification with the EBM prior), at this scale:", '', *verdict, '',
               f"![Langevin chains from p0]({fig.name})", '']

@@ -19,11 +19,12 @@ __all__ = ['MNIST_STREET', 'MNIST_SVHN', 'MODALITIES', 'STUDY_DATASETS', 'OBSERV
            'EXPERIMENTS_TITLE', 'MEME_PAPER', 'MEME_CPU', 'MEME_PARTIAL', 'TRAIN_DIRECTIONS', 'PAPER_TABLE2',
            'ABLATION_PSEUDO', 'ABLATION_FRACTIONS', 'MEME_RELATEDNESS', 'MEME_LIKELIHOODS', 'MEME_ABLATIONS',
            'observe_partially', 'mnist_street', 'mnist_svhn_partial', 'study_modalities', 'data_title', 'partial_grid',
-           'run_name', 'role_name', 'run_config', 'evaluation_setup', 'partial_metrics', 'with_roles', 'train_or_reuse',
-           'run_many', 'describe_partial', 'run_partial', 'runs_table', 'reproduce_command', 'data_statement',
-           'write_study', 'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims', 'chance_note',
-           'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds', 'likelihood_claims',
-           'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims', 'run_ablations', 'run_relatedness']
+           'run_name', 'role_name', 'run_config', 'evaluation_setup', 'partial_metrics', 'with_roles', 'mean_value',
+           'train_or_reuse', 'run_many', 'describe_partial', 'run_partial', 'runs_table', 'reproduce_command',
+           'data_statement', 'write_study', 'paper_value', 'grid_value', 'grid_table', 'auc_stderr', 'partial_claims',
+           'chance_note', 'relatedness_figures', 'run_seconds', 'write_partial_report', 'direction_bounds',
+           'likelihood_claims', 'likelihood_runs', 'run_likelihoods', 'ablation_runs', 'ablation_claims',
+           'run_ablations', 'run_relatedness']
 
 # %% ../../nbs/07a_meme_reproduction.ipynb #fc8b3f24
 MNIST_STREET = 'MNIST-street (real MNIST paired by class with the synthetic street digits: half synthetic, not MNIST-SVHN)'
@@ -137,6 +138,11 @@ def with_roles(rows: list, names) -> list:
     "`rows` with a 'role' key: the role (in `MODALITIES`) of each row's given modality among `names`."
     role = dict(zip(names, MODALITIES))
     return [{**r, 'role': role.get(r['given'], r['given'])} for r in rows]
+
+def mean_value(rows, metric: str, given: str | None = None) -> float:
+    "The mean value of the rows of `metric` (and, if given, of that given modality); NaN if none."
+    vals = [r['value'] for r in rows if r['metric'] == metric and (given is None or r['given'] == given)]
+    return float(np.mean(vals)) if vals else float('nan')
 
 def _value(rows, metric: str, given: str) -> float:
     "The value of the row (metric, given role), NaN if absent (rows without a role: their given modality is the role)."
