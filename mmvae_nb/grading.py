@@ -196,8 +196,8 @@ def make_student(solution, student) -> Path:
         if c['cell_type'] != 'code': continue
         c['source'] = student_source(''.join(c['source'])).splitlines(True)
         c['outputs'], c['execution_count'] = [], None
-    Path(student).parent.mkdir(parents=True, exist_ok=True)
-    Path(student).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
+    from mmvae_nb.core import atomic_write
+    with atomic_write(student, 'w') as fh: fh.write(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
     return Path(student)
 
 # %% ../nbs/11_grading.ipynb #ec63dfd9
@@ -226,7 +226,8 @@ def grade(folder, out_csv, timeout: float = 120.0) -> list:
         results.unlink(missing_ok=True)
         rows += [{'student': nb.stem, **r} for r in got]
         if error: rows.append({'student': nb.stem, 'assignment': '', 'check': 'notebook ran', 'passed': False, 'message': error})
-    with open(out_csv, 'w', newline='') as fh:
+    from mmvae_nb.core import atomic_write
+    with atomic_write(out_csv, 'w') as fh:           # a grader stopped half-way leaves no half-written CSV
         w = csv.DictWriter(fh, ['student', 'assignment', 'check', 'passed', 'message']); w.writeheader(); w.writerows(rows)
     return rows
 
