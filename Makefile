@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch/torchvision are pinned in constraints.txt (on these machines pip serves them from local disk).
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: extra-data demo test venv export-check nbtest pytest clean-nbs bench gpu-check
+.PHONY: extra-data demo test venv export-check nbtest pytest clean-nbs bench gpu-check notebooks
 
 venv: $(STAMP)
 
@@ -52,6 +52,13 @@ test: extra-data export-check nbtest pytest
 
 clean-nbs: $(STAMP)
 	$(VENV)/bin/nbdev_clean
+
+# Execute every chapter and assignment in place (`#| slow` cells too, `#| eval: false` ones not) and keep light
+# outputs (PNGs palette-encoded, <= 100 KB each; nbs/ <= 3 MB). Not part of `make test`. NOTEBOOKS=nbs/02_elbo.ipynb for one.
+NOTEBOOKS ?=
+notebooks: $(STAMP)
+	@if [ -z "$${MMVAE_NB_DATA:-}" ] && [ -d ../shared/data ]; then export MMVAE_NB_DATA="$$(cd ../shared/data && pwd)"; fi; \
+	  OMP_NUM_THREADS=1 $(PY) tools/run_notebooks.py $(NOTEBOOKS)
 
 bench: $(STAMP)
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f; done

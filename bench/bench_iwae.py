@@ -21,7 +21,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from benchlib import build_iwae_model as build_model, peak_rss_mb, random_pair_batches, time_iwae
-from mmvae_nb.metrics import default_chunk
+from mmvae_nb.likelihoods import default_chunk
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import resource, sys, time
 import torch
 
 from mmvae_nb.core import Batch, ModalitySpec, check
-from mmvae_nb.metrics import default_chunk, iwae_log_likelihood
+from mmvae_nb.likelihoods import default_chunk, iwae_log_likelihood
 
 SPECS = (ModalitySpec('mnist', (1, 28, 28), 'image', arch='mnist_mlp'),
          ModalitySpec('svhn', (3, 32, 32), 'image', arch='svhn_cnn'))

@@ -316,7 +316,7 @@ def sec_paper_throughput(ctx: Ctx) -> dict:
 
 # --- iwae --------------------------------------------------------------------------------------------------
 def sec_iwae(ctx: Ctx) -> dict:
-    from mmvae_nb.metrics import default_chunk
+    from mmvae_nb.likelihoods import default_chunk
     p, dev = ctx.plan, ctx.device
     torch.manual_seed(0)
     model, what = bl.build_iwae_model()

@@ -74,7 +74,7 @@ def joint_bound(model, batch: Batch, K: int = 1) -> torch.Tensor:
 # %% ../nbs/08_contrastive.ipynb #13240158
 def pmi(model, batch: Batch, K: int = 100, seed: int | None = 0) -> torch.Tensor:
     "Estimated PMI (B,) of fully observed items: IWAE log p(x_1..x_M) minus the IWAE log p(x_m) of each modality."
-    from mmvae_nb.metrics import iwae_log_likelihood
+    from mmvae_nb.likelihoods import iwae_log_likelihood
     check(bool(batch.mask.all()), f"pmi needs every modality observed; {int((~batch.mask.all(1)).sum())} items lack some")
     joint = iwae_log_likelihood(model, batch, K=K, seed=seed)
     return joint - sum(iwae_log_likelihood(model, model.restrict(batch, [m]), K=K, seed=seed) for m in model.names)

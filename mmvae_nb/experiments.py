@@ -163,13 +163,14 @@ METRICS_DEFAULTS = dict(classifier_epochs=30, joint_n=10000, latent=('mmvae', 'm
                         n=None, likelihood_K=None, likelihood_n=1000, likelihood_marginals=False)
 
 def standard_metrics(model, data: dict, cfg: ExperimentConfig) -> list:
-    "Coherence, joint coherence, latent accuracy (and likelihoods) by `metrics.evaluate_model`, options from `cfg.eval_kwargs`."
-    from mmvae_nb import metrics
+    "Coherence, joint coherence, latent accuracy (and likelihoods) by `evaluate_model`, options from `cfg.eval_kwargs`."
+    from mmvae_nb.evaluation import evaluate_model
+    from mmvae_nb.reference_classifiers import load_or_train_classifiers
     o = {**METRICS_DEFAULTS, **cfg.eval_kwargs}
     unknown = sorted(set(o) - set(METRICS_DEFAULTS))
     check(not unknown, f"unknown eval_kwargs {unknown} for the 'metrics' evaluator; valid: {sorted(METRICS_DEFAULTS)}")
-    classifiers = metrics.load_or_train_classifiers(data['train'], data['test'], epochs=o['classifier_epochs'], seed=cfg.seed)
-    return metrics.evaluate_model(model, data['test'], classifiers, train=data['train'], latent=tuple(o['latent']),
+    classifiers = load_or_train_classifiers(data['train'], data['test'], epochs=o['classifier_epochs'], seed=cfg.seed)
+    return evaluate_model(model, data['test'], classifiers, train=data['train'], latent=tuple(o['latent']),
                                   joint_n=o['joint_n'], latent_epochs=o['latent_epochs'], n_logreg=o['n_logreg'], n=o['n'],
                                   likelihood_K=o['likelihood_K'], likelihood_n=o['likelihood_n'],
                                   likelihood_marginals=o['likelihood_marginals'], seed=cfg.seed)
@@ -179,7 +180,7 @@ EVALUATORS = {'test_bound': test_bound, 'metrics': standard_metrics}
 def as_rows(out, n: int = 0) -> list:
     "An evaluator's output as result rows (a flat dict becomes one row per number)."
     if isinstance(out, dict):
-        from mmvae_nb.metrics import result_row
+        from mmvae_nb.classifiers import result_row
         return [result_row(k, float(v), 'test split', n=n) for k, v in out.items()]
     return [dict(r) for r in out or []]
 
@@ -336,7 +337,7 @@ def likelihood_trend(every: float = 0.1, K: int = 1000, n: int = 1000, marginals
     "A train hook: at every `every` fraction of the epochs (and the last), `metrics.likelihood_rows` on `n` test items as `trend_*` keys."
     check(0 < every <= 1, f"every must be a fraction in (0, 1]; got {every}")
     def hook(trainer) -> dict:
-        from mmvae_nb.metrics import likelihood_rows
+        from mmvae_nb.likelihoods import likelihood_rows
         done, total = len(trainer.history) + 1, trainer.cfg.epochs
         period = max(1, round(every * total))
         if done % period and done != total: return {}
@@ -365,7 +366,7 @@ MMVAE_CITE = 'Shi, Siddharth, Paige, Torr. Variational Mixture-of-Experts Autoen
 
 def mmvae_paper_numbers() -> dict:
     "MMVAE's published MNIST-SVHN numbers (from `metrics.PAPER_NUMBERS`)."
-    from mmvae_nb.metrics import paper_numbers
+    from mmvae_nb.evaluation import paper_numbers
     return paper_numbers('mmvae', ('mnist', 'svhn'))
 
 JMVAE_CITE = 'Suzuki, Nakayama, Matsuo. Joint Multimodal Learning with Deep Generative Models. ICLR 2017 workshop'
@@ -593,7 +594,7 @@ def changes(cfg: ExperimentConfig) -> dict:
 def write_report(out_dir, exp: Experiment, cfg: ExperimentConfig, rows: list, notes: dict, figs: dict, info: dict,
                  changed: dict | None = None, trend: str = '') -> Path:
     "report.md: scale statement, results beside the paper's (results.csv/.md), figures, evaluator notes, run facts, config."
-    from mmvae_nb.metrics import write_table
+    from mmvae_nb.evaluation import write_table
     out_dir = Path(out_dir)
     cmd = (f"mmvae-nb reproduce {exp.name} --scale {cfg.scale} --seed {cfg.seed}" if exp.name in EXPERIMENTS and cfg.scale != 'custom'
            else f"mmvae-nb train --config {out_dir / 'config.json'} --out {out_dir} && mmvae-nb eval {out_dir}")

@@ -124,8 +124,8 @@ def test_dataset_checks_values_once_at_construction():
 def test_classifier_on_few_distinct_items_is_an_exact_lookup_and_small_data_trains_enough_steps():
     "Issue 10: 10 distinct captions used to get 5 Adam steps and a capped coherence; now an exact lookup, with a warning."
     from mmvae_nb.multimodal import MultimodalDataset
-    from mmvae_nb.metrics import train_classifier
-    import mmvae_nb.metrics as M
+    from mmvae_nb.classifiers import train_classifier
+    import mmvae_nb.classifiers as M
     spec = ModalitySpec('text', (3,), 'sequence', n_classes=12)
     captions = torch.stack([torch.tensor([c, c + 1, 0]) for c in range(10)])
     labels = torch.arange(10).repeat(30)

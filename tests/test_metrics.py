@@ -11,10 +11,11 @@ from torch import nn
 
 from mmvae_nb.core import Batch, ModalitySpec
 from mmvae_nb.elbo import LinearGaussian
-from mmvae_nb.metrics import (CCA, Classifier, LinearGaussianMVAE, class_distance_matrix, conditional_log_likelihood,
-                              cross_coherence, cross_coherence_matrix, evaluate_model, gaussian_analogue, iwae_log_likelihood,
-                              joint_coherence, latent_accuracy, load_or_train_classifier, paper_numbers, relatedness,
-                              state_dict_sha256, streaming_log_sum_exp, train_classifier, write_table)
+from mmvae_nb.relatedness import CCA, class_distance_matrix, gaussian_analogue, relatedness
+from mmvae_nb.classifiers import Classifier, load_or_train_classifier, state_dict_sha256, train_classifier
+from mmvae_nb.likelihoods import LinearGaussianMVAE, conditional_log_likelihood, iwae_log_likelihood, streaming_log_sum_exp
+from mmvae_nb.coherence import cross_coherence, cross_coherence_matrix, joint_coherence, latent_accuracy
+from mmvae_nb.evaluation import evaluate_model, paper_numbers, write_table
 from mmvae_nb.models import Modality, MultimodalVAE, UniformMixture
 from mmvae_nb.multimodal import MultimodalDataset
 

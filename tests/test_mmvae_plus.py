@@ -13,7 +13,7 @@ from mmvae_nb.core import Batch, ModalitySpec, seed_everything
 from mmvae_nb.models import Modality, meta_step
 from mmvae_nb.mmvae_plus import MMVAEPlus, MMVAE_PLUS_OBJECTIVES, experts_on_joint, decoder_input
 from mmvae_nb.mmvae import moe_iwae_looser
-from mmvae_nb.metrics import iwae_log_likelihood
+from mmvae_nb.likelihoods import iwae_log_likelihood
 
 
 from toy import LinearEncoder as LinEnc, LinearDecoder as LinDec

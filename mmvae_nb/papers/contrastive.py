@@ -81,7 +81,7 @@ def relatedness_pairs(dataset: MultimodalDataset, n: int | None = None, seed: in
 def pmi_auc(model, dataset, n: int | None = 1000, K: int = 10, seed: int = 0) -> dict:
     "ROC-AUC of estimated PMI for 'same class' on `n` test pairs and as many re-pairings (a result row), with the scores."
     from sklearn.metrics import roc_auc_score
-    from mmvae_nb.metrics import result_row, model_device
+    from mmvae_nb.classifiers import result_row, model_device
     batch, truth = relatedness_pairs(dataset, n, seed)
     batch = batch.to(model_device(model))
     scores = torch.cat([pmi(model, batch.subset(torch.arange(s, min(s + 256, len(batch)))), K=K, seed=seed).cpu()
@@ -93,15 +93,16 @@ def pmi_auc(model, dataset, n: int | None = 1000, K: int = 10, seed: int = 0) ->
 # %% ../../nbs/08a_contrastive_reproduction.ipynb #7a012206
 def contrastive_metrics(model, data: dict, cfg) -> list:
     "One run's rows: cross coherence both ways, joint coherence, linear latent accuracy, test log-likelihood, PMI ROC-AUC."
-    from mmvae_nb import metrics
+    from mmvae_nb.coherence import cross_coherence, joint_coherence, latent_accuracy_linear
+    from mmvae_nb.likelihoods import likelihood_rows
     o, probe, clf = evaluation_setup(CONTRASTIVE_EVAL, cfg, data, 'contrastive')
     test = data['test']
     a, b = test.modalities
-    rows = [metrics.cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in ((a, b), (b, a))]
-    rows.append(metrics.joint_coherence(model, clf, n=o['joint_n'], seed=cfg.seed))
-    rows += [metrics.latent_accuracy_linear(model, probe, test, [m], epochs=o['latent_epochs'], n_train=o['latent_n'], seed=cfg.seed)
+    rows = [cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in ((a, b), (b, a))]
+    rows.append(joint_coherence(model, clf, n=o['joint_n'], seed=cfg.seed))
+    rows += [latent_accuracy_linear(model, probe, test, [m], epochs=o['latent_epochs'], n_train=o['latent_n'], seed=cfg.seed)
              for m in (a, b)]
-    rows += [r for r in metrics.likelihood_rows(model, test, K=o['likelihood_K'], n=o['likelihood_n'], conditionals=False, seed=cfg.seed)]
+    rows += [r for r in likelihood_rows(model, test, K=o['likelihood_K'], n=o['likelihood_n'], conditionals=False, seed=cfg.seed)]
     rows.append(pmi_auc(model, test, o['pmi_n'], o['pmi_K'], cfg.seed)['row'])
     return rows
 
@@ -233,7 +234,7 @@ def candidate_pairs(ds: MultimodalDataset, per_item: int = 2, seed: int = 0) -> 
 
 def score_candidates(model, ds: MultimodalDataset, rows_a, rows_b, K: int = 10, batch_size: int = 256, seed: int = 0) -> dict:
     "PMI of each candidate pair and its truth (same class), from `model` (a trained two-modality model)."
-    from mmvae_nb.metrics import model_device
+    from mmvae_nb.classifiers import model_device
     from mmvae_nb.core import Batch
     a, b = ds.modalities
     dev, scores = model_device(model), []
@@ -248,7 +249,7 @@ def score_candidates(model, ds: MultimodalDataset, rows_a, rows_b, K: int = 10, 
 def propagation_rows(scored: dict, select: float) -> tuple:
     "(rows: precision, recall, ROC-AUC of the top `select` fraction of candidates; the selected indices)."
     from sklearn.metrics import roc_auc_score
-    from mmvae_nb.metrics import result_row
+    from mmvae_nb.classifiers import result_row
     s, t = scored['scores'], scored['truth']
     k = max(1, int(round(select * len(s))))
     top = s.argsort(descending=True)[:k]

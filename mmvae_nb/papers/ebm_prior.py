@@ -34,13 +34,13 @@ EBM_EVAL = dict(joint_n=5000, latent_epochs=30, n=None, reference=True, classifi
 
 def ebm_metrics(model, data: dict, cfg) -> list:
     "One run's rows: cross coherence (every ordered pair), joint coherence of its prior samples, linear latent accuracy per modality."
-    from mmvae_nb import metrics
+    from mmvae_nb.coherence import cross_coherence, joint_coherence, latent_accuracy_linear
     o, train, clf = evaluation_setup(EBM_EVAL, cfg, data, 'ebm')
     test = data['test']
     names = test.modalities
-    rows = [metrics.cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s in names for t in names if s != t]
-    rows.append(metrics.joint_coherence(model, clf, n=o['joint_n'], seed=cfg.seed))
-    rows += [metrics.latent_accuracy_linear(model, train, test, [m], epochs=o['latent_epochs'], seed=cfg.seed) for m in names]
+    rows = [cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s in names for t in names if s != t]
+    rows.append(joint_coherence(model, clf, n=o['joint_n'], seed=cfg.seed))
+    rows += [latent_accuracy_linear(model, train, test, [m], epochs=o['latent_epochs'], seed=cfg.seed) for m in names]
     return rows
 
 EVALUATORS['ebm_metrics'] = ebm_metrics
@@ -63,7 +63,7 @@ def chain_figure(model: EBMPrior, path, n_chains: int = 6, n_steps: int | None =
 
 def sampling_steps_rows(model: EBMPrior, classifiers: dict, steps=(0, 10, 20, 50, 100), n: int = 2000, seed: int = 0) -> list:
     "Joint coherence of `model`'s prior samples drawn with each number of Langevin steps (0: the reference prior $p_0$)."
-    from mmvae_nb.metrics import joint_coherence
+    from mmvae_nb.coherence import joint_coherence
     rows, saved = [], model.n_steps
     try:
         for s in steps:
@@ -108,8 +108,8 @@ def run_ebm(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=None, re
     parts += ["The page's claim (higher coherence and latent classification with the EBM prior), at this scale:", '', *verdict, '',
               f"![Langevin chains from p0]({fig.name})", '']
     if train_steps:
-        from mmvae_nb import metrics
-        clf = metrics.load_or_train_classifiers(data['train'], data['test'], reference=True, seed=cfg.seed)
+        from mmvae_nb.reference_classifiers import load_or_train_classifiers
+        clf = load_or_train_classifiers(data['train'], data['test'], reference=True, seed=cfg.seed)
         by_steps = sampling_steps_rows(model.eval(), clf, seed=cfg.seed, n=cfg.eval_kwargs.get('joint_n', 2000))
         results[f'{main}_sampling'] = by_steps
         with atomic_write(out_dir / f'{exp.name}.json', 'w') as fh: json.dump(results, fh, indent=1)

@@ -52,7 +52,7 @@ def mnist_street(split: str = 'train', f: float = 1.0, scheme: str = 'split', se
                  paired_only: bool = False) -> MultimodalDataset:
     "Real MNIST paired by class with the synthetic street digits as MEME pairs MNIST-SVHN (`pair_by_class`, dm=1), observed by `observe_partially`."
     from mmvae_nb import data
-    from mmvae_nb.metrics import modality_items
+    from mmvae_nb.classifiers import modality_items
     check(split in ('train', 'test'), f"split must be 'train' or 'test'; got {split!r}")
     _check_scheme(scheme, STUDY_DATASETS['mnist_street'])
     m = data.load_mnist(split, root=root)
@@ -113,26 +113,30 @@ PARTIAL_EVAL = dict(n=None, latent_n=None, latent_epochs=30, w2_batches=10, refe
 
 def evaluation_setup(defaults: dict, cfg, data: dict, evaluator: str) -> tuple:
     "(options: `defaults` updated by `cfg.eval_kwargs`, checked; the training pairs all observed; the classifiers) of a study's evaluator."
-    from mmvae_nb import metrics
+    from mmvae_nb.coherence import cross_coherence, latent_accuracy_linear
+    from mmvae_nb.reference_classifiers import load_or_train_classifiers
+    from mmvae_nb.relatedness import relatedness, relatedness_rows
     o = {**defaults, **cfg.eval_kwargs}
     unknown = sorted(set(o) - set(defaults))
     check(not unknown, f"unknown eval_kwargs {unknown} for the {evaluator} evaluator; valid: {sorted(defaults)}")
     # every training item with both modalities, under one name for all fractions (a classifier trained on it is cached once)
     probe = data['train'].replace(mask=torch.ones_like(data['train'].mask), name=data['train'].name.split(', f=')[0])
-    clf = metrics.load_or_train_classifiers(probe, data['test'], reference=o['reference'], epochs=o['classifier_epochs'], seed=cfg.seed)
+    clf = load_or_train_classifiers(probe, data['test'], reference=o['reference'], epochs=o['classifier_epochs'], seed=cfg.seed)
     return o, probe, clf
 
 def partial_metrics(model, data: dict, cfg) -> list:
     "One run's rows: cross coherence both ways, linear latent accuracy per modality, W2 of paired vs unpaired test items."
-    from mmvae_nb import metrics
+    from mmvae_nb.coherence import cross_coherence, latent_accuracy_linear
+    from mmvae_nb.reference_classifiers import load_or_train_classifiers
+    from mmvae_nb.relatedness import relatedness, relatedness_rows
     o, probe, clf = evaluation_setup(PARTIAL_EVAL, cfg, data, 'meme_partial')
     test = data['test']
     names = test.modalities                                   # in role order: MNIST, then street or SVHN
-    rows = [metrics.cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in (names, names[::-1])]
-    rows += [metrics.latent_accuracy_linear(model, probe, test, [m], epochs=o['latent_epochs'], n_train=o['latent_n'], seed=cfg.seed)
+    rows = [cross_coherence(model, test, clf, s, t, n=o['n'], seed=cfg.seed) for s, t in (names, names[::-1])]
+    rows += [latent_accuracy_linear(model, probe, test, [m], epochs=o['latent_epochs'], n_train=o['latent_n'], seed=cfg.seed)
              for m in names]
-    rel = metrics.relatedness(model, test, *names, n_batches=o['w2_batches'], related_by='item', seed=cfg.seed)
-    return with_roles(rows + metrics.relatedness_rows(rel), names)
+    rel = relatedness(model, test, *names, n_batches=o['w2_batches'], related_by='item', seed=cfg.seed)
+    return with_roles(rows + relatedness_rows(rel), names)
 
 def with_roles(rows: list, names) -> list:
     "`rows` with a 'role' key: the role (in `MODALITIES`) of each row's given modality among `names`."
@@ -305,7 +309,7 @@ def chance_note(results: dict, chance: float = 0.1) -> str:
 def relatedness_figures(folders: dict, out_dir, device=None, data_root=None, n_batches: int = 10) -> dict:
     "Figure 8 (W2 of paired vs unpaired test items) and Figure 9 (class matrix, dendrogram) for the runs in `folders` (model -> folder)."
     import matplotlib.pyplot as plt
-    from mmvae_nb.metrics import relatedness
+    from mmvae_nb.relatedness import relatedness
     from mmvae_nb.figures import w2_histogram, class_distance_heatmap, dendrogram_plot, save_figure
     res = {}
     for mdl, folder in folders.items():
@@ -396,7 +400,7 @@ PAPER_TABLE2 = {   # MEME Table 2 (MNIST-SVHN): (test direction s, trained direc
 
 def direction_bounds(model, data: dict, cfg) -> list:
     "Rows 'direction_bound': the test mean of eq. (1) with s = each modality in turn (the other direction by flipping roles)."
-    from mmvae_nb.metrics import result_row
+    from mmvae_nb.classifiers import result_row
     from mmvae_nb.train import mean_loss
     trained, dev, rows = model.direction, next(model.parameters()).device, []   # rows carry roles: Table 2 is keyed by them
     try:

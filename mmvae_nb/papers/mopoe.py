@@ -6,7 +6,7 @@
 from __future__ import annotations
 from ..core import check
 from ..experiments import Experiment, ExperimentConfig, register, standard_metrics
-from ..metrics import coherence_by_inputs
+from ..coherence import coherence_by_inputs
 
 # %% auto #0
 __all__ = ['POLY_EVAL', 'MOPOE_CITE', 'MOPOE_POLY_PAPER', 'MOPOE_POLY_CPU_EPOCHS', 'MOPOE_POLYMNIST', 'polymnist_metrics',

@@ -12,7 +12,7 @@ from ..core import ModalitySpec, check, atomic_write
 from ..multimodal import MultimodalDataset, BatchIterator, sample_by_label
 from ..triplet import LabelledMVAE
 from ..experiments import Experiment, ExperimentConfig, register, load_run
-from ..metrics import result_row
+from ..classifiers import result_row
 
 # %% auto #0
 __all__ = ['KANNADA_HELD_OUT', 'TABLE1_SUBSETS', 'TABLE1_COLUMNS', 'POSTER_TABLE1', 'TABLE1_TARGETS', 'SEED003_CITE',
