@@ -12,8 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['SOLUTION', 'CheckResult', 'run_properties', 'passed', 'check_log_sum_exp', 'check_product_of_experts', 'check_w2',
-           'check_contrastive_loss', 'check_langevin_step', 'check_iwae', 'check_meme_lse', 'student_source',
-           'make_student', 'grade', 'main']
+           'check_contrastive_loss', 'check_langevin_step', 'check_iwae', 'check_meme_lse', 'check_stratified_bound',
+           'check_dreg', 'student_source', 'make_student', 'grade', 'main']
 
 # %% ../nbs/11_grading.ipynb #5596f33d
 @dataclass
@@ -180,6 +180,106 @@ def check_meme_lse(fn: Callable, verbose: bool = True) -> list:
         ('value', value, 'log-sum-exp over the K fresh terms AND the posterior sample\'s, minus log(K + 1)'),
         ('posterior sample alone', only_posterior, 'the posterior sample z_0 is one of the K + 1 terms'),
         ('large magnitudes', large, 'use a stable log-sum-exp')], verbose)
+
+
+# %% ../nbs/11_grading.ipynb #2a7f025c
+def _stratified_reference(log_joint, log_q, kind):
+    "The library's stratified bound `kind` from log p(x, z_m^k) (M, K, B) and log q_j(z_m^k) (M, K, B, M), all experts observed."
+    from mmvae_nb.core import log_mean_exp
+    from mmvae_nb.mmvae import moe_elbo, moe_iwae_looser, moe_iwae
+    mask = torch.ones(log_joint.shape[2], log_joint.shape[0], dtype=torch.bool, device=log_joint.device)
+    return dict(elbo=moe_elbo, iwae_looser=moe_iwae_looser, iwae=moe_iwae)[kind](log_joint - log_mean_exp(log_q, -1), mask)
+
+def check_stratified_bound(fn: Callable, verbose: bool = True) -> list:
+    "Check `fn(log_joint (M, K, B), log_q (M, K, B, M), kind)` against `mmvae.moe_elbo`, `moe_iwae_looser`, `moe_iwae`."
+    from torch.distributions import Independent, Normal
+    from mmvae_nb.distributions import _expert_log_probs
+    from mmvae_nb.mmvae import moe_log_weights, moe_elbo, moe_iwae_looser, moe_iwae
+    g = torch.Generator().manual_seed(7)
+    M, K, B, D = 3, 4, 5, 2
+    all_seen = torch.ones(B, M, dtype=torch.bool)
+    experts = Normal(torch.randn(M, B, D, generator=g, dtype=torch.float64), torch.rand(M, B, D, generator=g, dtype=torch.float64) + .5)
+    z = (experts.loc + experts.scale * torch.randn(K, M, B, D, generator=g, dtype=torch.float64)).movedim(0, 1)   # z_m^k ~ q_m
+    prior = Independent(Normal(torch.zeros(D, dtype=torch.float64), 1.), 1)
+    log_lik = torch.randn(M, K, B, generator=g, dtype=torch.float64) * 3
+    lj, lq = log_lik + prior.log_prob(z), _expert_log_probs(z, experts)  # (M, K, B) and (M, K, B, M): log q_j(z_m^k)
+    lw = moe_log_weights(z, experts, prior, log_lik, all_seen)           # the library's own log-weights
+    bounds, names = dict(elbo=moe_elbo, iwae_looser=moe_iwae_looser, iwae=moe_iwae), dict(elbo='ELBO', iwae_looser='looser IWAE', iwae='IWAE')
+    def value(kind): return lambda: _close(fn(lj, lq, kind), bounds[kind](lw, all_seen), f'the stratified {names[kind]} of random log-probabilities (M = 3, K = 4)')
+    def identical():
+        same = lq[..., :1].expand_as(lq)                                 # every expert has expert 0's density
+        _close(fn(lj, same, 'elbo'), (lj - same[..., 0]).mean((0, 1)), 'the ELBO with M identical experts (their mixture is that expert)')
+    def every_expert():
+        other = ~torch.eye(M, dtype=torch.bool)[:, None, None, :]        # j != m: another expert's density at z_m^k
+        lq2 = torch.where(other, lq + 1.5, lq)
+        _close(fn(lj, lq2, 'elbo'), _stratified_reference(lj, lq2, 'elbo'), "the ELBO after changing the other experts' densities q_j(z_m^k), j != m")
+    def order():
+        e, l, i = (fn(lj * 3, lq, k) for k in bounds)
+        assert bool((e <= l + 1e-9).all() and (l <= i + 1e-9).all()), f"ELBO <= looser IWAE <= IWAE fails (e.g. {e[0].item():.4g}, {l[0].item():.4g}, {i[0].item():.4g})"
+    def large():
+        for kind in bounds:
+            got = fn(lj - 3000, lq, kind)
+            assert bool(torch.isfinite(got).all()), f"log p(x, z) near -3000 gives a non-finite {names[kind]} (exp underflows)"
+            _close(got, fn(lj, lq, kind) - 3000, f'the {names[kind]} after shifting log p(x, z) by -3000 (it should move by -3000 too)')
+    return run_properties('stratified_bound', [
+        ('ELBO', value('elbo'), 'log w = log p(x, z) - log q_mix(z), q_mix = (1/M) sum_j q_j: log-sum-exp over the experts MINUS log M; then the mean over m and k'),
+        ('looser IWAE', value('iwae_looser'), "log-mean-exp over each expert's K samples, then the plain mean over the M experts (outside the log)"),
+        ('IWAE', value('iwae'), 'one log-mean-exp over all M * K weights: log-sum-exp minus log(M K)'),
+        ('identical experts', identical, 'a mixture of M copies of q is q: after the log-sum-exp over the experts subtract log M'),
+        ('every expert in q_mix', every_expert, 'the proposal is the mixture of ALL experts, whichever drew z_m^k; q_m(z_m^k) alone is the unimodal IWAE'),
+        ('order', order, 'Jensen: the mean over m stays outside the log in the looser bound; only the IWAE averages the M K weights inside it'),
+        ('large magnitudes', large, 'use a stable log-sum-exp (torch.logsumexp)')], verbose)
+
+
+# %% ../nbs/11_grading.ipynb #2d749182
+def check_dreg(fn: Callable, verbose: bool = True) -> list:
+    "Check `fn(log_joint, loc, scale, eps)` (z = loc + scale * eps, eps (K, B, D)) by its gradients against `elbo.dreg_surrogate`."
+    from torch.distributions import Independent, Normal
+    from mmvae_nb.elbo import dreg_surrogate, detach_dist, iwae_bound
+    g = torch.Generator().manual_seed(8)
+    K, B, D, Dx = 5, 3, 2, 4
+    x, eps = torch.randn(B, Dx, generator=g, dtype=torch.float64), torch.randn(K, B, D, generator=g, dtype=torch.float64)
+    W, b = torch.randn(D, Dx, generator=g, dtype=torch.float64).requires_grad_(), torch.zeros(Dx, dtype=torch.float64, requires_grad=True)
+    loc0, scale0 = torch.randn(B, D, generator=g, dtype=torch.float64), torch.rand(B, D, generator=g, dtype=torch.float64) + .5
+    prior = Independent(Normal(torch.zeros(D, dtype=torch.float64), 1.), 1)
+    linear_gaussian = lambda z: prior.log_prob(z) + Independent(Normal(z @ W + b, .7), 1).log_prob(x)   # log p(x, z); decoder W, b
+    def grads(surrogate, log_joint, eps):
+        "d surrogate(...).sum() / d(loc, scale, W, b); zeros where it does not depend on one."
+        loc, scale = loc0.clone().requires_grad_(), scale0.clone().requires_grad_()
+        gs = torch.autograd.grad(surrogate(log_joint, loc, scale, eps).sum(), (loc, scale, W, b), allow_unused=True)
+        return [torch.zeros_like(t) if gr is None else gr for gr, t in zip(gs, (loc, scale, W, b))]
+    def library(log_joint, loc, scale, eps):
+        q, z = Independent(Normal(loc, scale), 1), loc + scale * eps
+        return dreg_surrogate(log_joint(z) - detach_dist(q).log_prob(z), z)
+    def iwae(log_joint, loc, scale, eps):
+        z = loc + scale * eps
+        return iwae_bound(log_joint(z) - Independent(Normal(loc, scale), 1).log_prob(z))
+    def encoder(log_joint=linear_gaussian, eps=eps, what='the encoder gradient, K = 5'):
+        for name, a, r in zip(('loc', 'scale'), grads(fn, log_joint, eps)[:2], grads(library, log_joint, eps)[:2]):
+            _close(a, r, f'{what}: d/d{name}')
+    def shape():
+        out = fn(linear_gaussian, loc0.clone().requires_grad_(), scale0.clone().requires_grad_(), eps)
+        assert tuple(out.shape) == (B,), f"the surrogate has shape {tuple(out.shape)}, expected ({B},): one value per item"
+    def decoder():
+        for name, a, r in zip(('W', 'b'), grads(fn, linear_gaussian, eps)[2:], grads(iwae, linear_gaussian, eps)[2:]):
+            _close(a, r, f"the decoder gradient d/d{name} (it should be the IWAE's)")
+    def exact_posterior():
+        post = Independent(Normal(loc0, scale0), 1)
+        log_joint = lambda z: post.log_prob(z) - 2.0                      # p(x) = e^-2 and p(z | x) = q: every weight is p(x)
+        for name, a in zip(('loc', 'scale'), grads(fn, log_joint, eps)[:2]):
+            _close(a, torch.zeros_like(a), f'the encoder gradient d/d{name} with q the exact posterior (every weight is p(x))', atol=1e-9)
+    def large():
+        shifted, plain = grads(fn, lambda z: linear_gaussian(z) - 3000., eps)[:2], grads(fn, linear_gaussian, eps)[:2]
+        for name, a, r in zip(('loc', 'scale'), shifted, plain):
+            assert bool(torch.isfinite(a).all()), f"log p(x, z) near -3000: d/d{name} is not finite (0 / 0 in the weights)"
+            _close(a, r, f'the encoder gradient d/d{name} with log p(x, z) shifted by -3000 (a constant shift must not change it)')
+    return run_properties('dreg', [
+        ('shape', shape, 'sum over the K samples (dim 0): one surrogate value per item'),
+        ('encoder gradient', encoder, "sum_k sg(w~_k) log w_k with q's loc and scale detached in log q, and a hook on z multiplying its gradient by sg(w~_k) again: w~_k^2 in all"),
+        ('decoder gradient', decoder, "the decoder gets IWAE's gradient sum_k w~_k d log w_k: the second w~_k belongs on the path through z only (the hook), not in the surrogate"),
+        ('exact posterior', exact_posterior, "detach q's parameters inside log q (stop-gradient): DReG removes the score term that a live log q keeps"),
+        ('K = 1', lambda: encoder(eps=eps[:1], what='the encoder gradient for K = 1 (w~ = 1: the path gradient of log w)'), 'with one sample w~ = 1: normalise the weights (softmax over the K samples) and keep q detached in log q'),
+        ('large magnitudes', large, 'w~ = torch.softmax(log_w.detach(), 0); exp(log_w) / sum is 0 / 0 there')], verbose)
 
 
 # %% ../nbs/11_grading.ipynb #1a8e5e48
