@@ -10,7 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
 MATHJAX_PLACEHOLDER = 'MMVAE_NB_MATHJAX_URL'       # docs/site_hooks.py makes it relative to each page
-MATHJAX_CONFIG = 'TeX-AMS-MML_HTMLorMML-full,Safe,local/site'
 IMAGE_EXTS = {'.png', '.jpg', '.jpeg', '.svg', '.gif'}
 
 
@@ -30,7 +29,7 @@ def notebook_title(nb, fallback):
 
 
 def md_title(path):
-    "The first `# ` heading of a Markdown file, else its folder's name."
+    "The first `# ` heading of a Markdown file, else its folder and file name."
     for line in path.read_text(encoding='utf-8').splitlines():
         if line.startswith('# '): return line[2:].strip()
     return f'{path.parent.name} ({path.name})'
@@ -57,7 +56,7 @@ def pip_target(cfg):
 
 
 def resolve_image(ref, nb_dir):
-    "A local image reference that does not resolve from `nb_dir`, found by file name under nbs/results (else None)."
+    "`ref` as a page in `nb_dir` can load it: unchanged if it resolves, else the one file of its name under nbs/results, else None."
     if re.match(r'^[a-z]+:', ref) or ref.startswith('/') or '{' in ref: return ref
     if (nb_dir / ref).exists(): return ref
     hits = sorted((NBS / 'results').rglob(Path(ref).name))
@@ -94,10 +93,9 @@ def site_notebook(nb, nb_dir, where, problems, header=None):
             for o in c.get('outputs', []):
                 data = o.get('data', {})
                 data.pop('application/vnd.jupyter.widget-view+json', None)   # no widget state: keep the text fallback
-                if 'text/markdown' in data:
-                    md = ''.join(data['text/markdown'])
-                    data['text/markdown'] = fix_markdown(md, nb_dir, where, problems)
-                    data.pop('text/html', None) if 'text/html' in data and '<img' in ''.join(data['text/html']) else None
+                if 'text/markdown' in data:     # e.g. a report shown with display(Markdown(...)): its links fixed
+                    data['text/markdown'] = fix_markdown(''.join(data['text/markdown']), nb_dir, where, problems)
+                    data.pop('text/html', None)   # nbconvert would prefer the HTML twin, whose links are not fixed
         elif c['cell_type'] == 'markdown':
             c['source'] = fix_markdown(src, nb_dir, where, problems).splitlines(True)
         cells.append(c)
@@ -234,7 +232,7 @@ def layout(src, mini=False):
             page = docs / 'api' / f'{mod}.md'
             page.parent.mkdir(parents=True, exist_ok=True)
             # the module docstring (nbdev: the chapter's summary) comes first through mkdocstrings
-            intro = f'Derived and tested in the chapter [{ch}: {title}](../{ch}.ipynb).\n\n' if ch else '
+            intro = f'Derived and tested in the chapter [{ch}: {title}](../{ch}.ipynb).\n\n' if ch else ''
             page.write_text(f'# `{mod}`\n\n{intro}::: {mod}\n', encoding='utf-8')
             api.append((mod, f'api/{mod}.md'))
     copy_mathjax(docs / 'assets' / 'mathjax')
@@ -269,6 +267,7 @@ def write_config(src, cfg, chs, asg, reps, api, mini):
         'extra_css: [assets/site.css]', f'hooks: [{q(str(ROOT / "docs" / "site_hooks.py"))}]',
         'markdown_extensions:', '  - tables', '  - toc:', '      permalink: true', '  - admonition',
         '  - pymdownx.arithmatex:', '      generic: true', '  - pymdownx.superfences', '  - pymdownx.highlight',
+        # --strict still fails on a link to a missing file; these cover the generated .html links of report pages
         'validation:', '  omitted_files: info', '  absolute_links: info', '  unrecognized_links: info',
         'plugins:', *plugins, 'nav:', *nav, ''])
     (src / 'mkdocs.yml').write_text(text, encoding='utf-8')

@@ -30,10 +30,15 @@ def site(tmp_path_factory):
     if (built / 'index.html').exists(): return built
     if missing := docs_deps_missing():
         pytest.skip(f'docs dependencies missing ({", ".join(missing)}): pip install -r docs/requirements.txt')
-    tmp = tmp_path_factory.mktemp('site')
-    subprocess.run([sys.executable, str(ROOT / 'docs' / 'build_site.py'), '--mini', '--src', str(tmp / 'src'),
-                    '--out', str(tmp / 'site')], cwd=ROOT, check=True, timeout=600,
-                   env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    # One mini build shared by pytest-xdist's workers (their base temp folders share a parent), under a file lock.
+    from filelock import FileLock
+    base = tmp_path_factory.getbasetemp()
+    tmp = (base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'mini_site'
+    with FileLock(str(tmp) + '.lock'):
+        if not (tmp / 'site' / 'index.html').exists():
+            subprocess.run([sys.executable, str(ROOT / 'docs' / 'build_site.py'), '--mini', '--src', str(tmp / 'src'),
+                            '--out', str(tmp / 'site')], cwd=ROOT, check=True, timeout=600,
+                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
     return tmp / 'site'
 
 
