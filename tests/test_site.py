@@ -60,7 +60,7 @@ def rendered_dom(url, tmp_path):
     r = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
                         f'--user-data-dir={tmp_path / "chromium"}', '--virtual-time-budget=8000', '--dump-dom', url],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and '<html' in r.stdout, f'chromium could not load {url}: {r.stderr[-500:]}'
+    assert r.returncode == 0 and 'md-content' in r.stdout, f'chromium could not load {url}: {r.stderr[-500:]}'
     return r.stdout
 
 
