@@ -128,3 +128,18 @@ def test_no_external_resources(site):
     bad = {p.relative_to(site).as_posix(): m[0] for p in site.rglob('*.html')
            for m in [external.search(p.read_text(encoding='utf-8', errors='replace'))] if m}
     assert not bad, f'pages load external resources: {dict(list(bad.items())[:5])}'
+
+
+def test_full_site_reports_and_api(site):
+    "The full site (`make docs`): every report's figures resolve, every exported module has its API page."
+    if not (site / 'results').exists(): pytest.skip('mini site: no reports or API pages (run `make docs`)')
+    for title, rel in build_site.reports():
+        page = site / rel.with_suffix('.html')
+        assert page.exists(), f'report page missing: {rel}'
+        srcs = re.findall(r'<img[^>]*\ssrc="([^"]+)"', page.read_text(encoding='utf-8'))
+        assert all((page.parent / s).exists() for s in srcs), f'{rel}: a figure does not resolve'
+    assert any(re.findall(r'<img[^>]*\ssrc="([^"]+\.png)"', (site / rel.with_suffix('.html')).read_text())
+               for _, rel in build_site.reports()), 'no report shows a figure'
+    for mod in build_site.api_modules():
+        page = (site / 'api' / f'{mod}.html').read_text(encoding='utf-8')
+        assert 'class="doc doc-' in page, f'{mod}: no API entries rendered'
