@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # torch/torchvision are pinned in constraints.txt (on these machines pip serves them from local disk).
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: extra-data demo test venv export-check nbtest pytest clean-nbs bench gpu-check notebooks
+.PHONY: extra-data demo test venv export-check nbtest pytest clean-nbs bench gpu-check notebooks docs
 
 venv: $(STAMP)
 
@@ -68,3 +68,19 @@ bench: $(STAMP)
 GPU_CHECK_OUT ?= out/gpu_check
 gpu-check: $(STAMP)
 	PYTHONUNBUFFERED=1 $(PY) bench/gpu_check.py --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# The documentation site, built offline into site/ by docs/build_site.py: the executed chapters in reading order, the
+# API from the docstrings, the assignments' student versions, the reproduction reports (no notebook is executed).
+# Its tools (docs/requirements.txt) go into .venv; Debian's chromium (the browser check) is installed when root.
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): $(STAMP) docs/requirements.txt
+	$(PIP_INSTALL) -r docs/requirements.txt
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium not installed (apt-get install chromium): the site's browser check will skip"
+	OMP_NUM_THREADS=1 $(PY) docs/build_site.py
+	OMP_NUM_THREADS=1 MMVAE_NB_SITE=site $(PY) -m pytest -q -p no:cacheprovider tests/test_site.py
