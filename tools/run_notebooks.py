@@ -29,6 +29,7 @@ def smaller_png(data: bytes, colors: int = 128) -> bytes:
 def lighten(nb) -> list:
     "Shrink PNGs and drop widget views in place; returns [(cell index, PNG bytes)] still over the limit."
     big = []
+    nb.metadata.pop('widgets', None)
     for i, c in enumerate(nb.cells):
         for o in c.get('outputs', []):
             d = o.get('data', {})
@@ -57,6 +58,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     paths = [Path(p).resolve() for p in a.notebooks] or sorted((ROOT / 'nbs').glob('*.ipynb')) + sorted((ROOT / 'nbs' / 'assignments').glob('*.ipynb'))
     os.environ.setdefault('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
+    os.environ['MMVAE_NB_WIDGETS'] = '0'    # explorers save their static figure: no widget state in the notebooks
     failed, too_big = [], []
     for p in paths:
         try:
