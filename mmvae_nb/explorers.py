@@ -194,12 +194,13 @@ def run_models(folder, device=None, data_root=None) -> dict:
 
 # %% ../nbs/06g_explorers.ipynb #a3dd3cf5
 def cross_generation_explorer(models, dataset=None, n_samples: int = 3, device=None, data_root=None) -> Explorer:
-    "Cross-generations of one test item: choose the model (a dict name -> model, or a run folder / folder of runs), source, item."
+    "Cross-generations of one test item; choose the model (of a dict, a run folder or a folder of runs), the source, the item."
     if isinstance(models, (str, Path)): runs = run_models(models, device, data_root)
     else:
         check(isinstance(models, Mapping) and len(models) > 0, "pass a dict {name: model} or a run folder (or a folder of runs)")
-        check(dataset is not None, "a dict of models carries no data: pass the dataset whose items to show")
-        runs = {k: (m, None) for k, m in models.items()}
+        runs = {k: tuple(m) if isinstance(m, tuple) else (m, None) for k, m in models.items()}   # name -> model or (model, data)
+        check(dataset is not None or all(ds is not None for _, ds in runs.values()),
+              "a dict of models carries no data: pass the dataset whose items to show (or name -> (model, dataset))")
     data = {k: dataset if dataset is not None else ds for k, (_, ds) in runs.items()}
     first = next(iter(runs))
     controls = dict(model=choice(list(runs), 'model'), source=choice(runs[first][0].names, 'source'),
