@@ -12,7 +12,7 @@ import torch
 import matplotlib.pyplot as plt
 from .core import check
 from .metrics import model_device, eval_mode, seeded, pairwise_relatedness, relatedness
-from .figures import item_grid, item_cross_generations, latent_traversal, w2_histogram
+from .figures import image_rows, item_grid, item_cross_generations, latent_traversal, w2_histogram
 
 # %% auto #0
 __all__ = ['WIDGETS_ENV', 'widget_frontend', 'Control', 'choice', 'integer', 'number', 'Explorer', 'latent_traversal_explorer',
@@ -38,7 +38,7 @@ def widget_frontend() -> bool:
 
 # %% ../nbs/06g_explorers.ipynb #a1fb395b
 class Control:
-    "Stand-in for an ipywidgets control where ipywidgets is missing: `value` (checked like ipywidgets) and `observe`."
+    "Stand-in for an ipywidgets control where widgets are missing or off: `value` (checked like ipywidgets) and `observe`."
     def __init__(self, value, description: str = '', options=None, min=None, max=None):
         self.description, self.min, self.max, self._observers = description, min, max, []
         self._options, self._value = (list(options) if options is not None else None), value
@@ -193,7 +193,8 @@ def run_models(folder, device=None, data_root=None) -> dict:
     return out
 
 # %% ../nbs/06g_explorers.ipynb #a3dd3cf5
-def cross_generation_explorer(models, dataset=None, n_samples: int = 3, device=None, data_root=None) -> Explorer:
+def cross_generation_explorer(models, dataset=None, n_samples: int = 3, seed: int | None = 0, device=None,
+                              data_root=None) -> Explorer:
     "Cross-generations of one test item; choose the model (of a dict, a run folder or a folder of runs), the source, the item."
     if isinstance(models, (str, Path)): runs = run_models(models, device, data_root)
     else:
@@ -213,7 +214,7 @@ def cross_generation_explorer(models, dataset=None, n_samples: int = 3, device=N
         ex.item.max = n - 1; ex.item.value = min(int(ex.item.value), n - 1)
     def draw(ex):
         name, model = ex.model.value, runs[ex.model.value][0]
-        fig = item_cross_generations(model, data[name], ex.source.value, int(ex.item.value), n_samples)
+        with seeded(seed): fig = item_cross_generations(model, data[name], ex.source.value, int(ex.item.value), n_samples)
         ax = fig.axes[0]; ax.set_title(f"{name} | {ax.get_title(loc='left')}", fontsize=7, loc='left', pad=2)
         return fig
     ex = Explorer(controls, draw, adjust, title='cross-generation')
@@ -223,7 +224,7 @@ def cross_generation_explorer(models, dataset=None, n_samples: int = 3, device=N
 def explore(models: Mapping, dataset, n_samples: int = 3):
     "The panel (widget) of a live `cross_generation_explorer`: what `figures.explore` returned before this chapter."
     ex = cross_generation_explorer(models, dataset, n_samples)
-    ex._live = True
+    ex._live = True                                           # the old panel drew into its output area from the start
     return ex.widget
 
 # %% ../nbs/06g_explorers.ipynb #8654c08c
@@ -272,19 +273,19 @@ def _states_on_contours(chains: torch.Tensor, k: int, grid: tuple, n_paths: int,
 @torch.no_grad()
 def _decoded_states(model, z: torch.Tensor, k: int):
     "The latents `z` of step k decoded into every modality (point predictions), one row each."
-    from mmvae_nb.figures import image_rows
     with eval_mode(model): out = {m: model.mods[m].point(p) for m, p in model.likelihoods(z).items()}
     specs = {s.name: s for s in model.specs}
     return image_rows([(f"{m}: Langevin step {k}", x, specs[m]) for m, x in out.items()], width=4.)
 
 # %% ../nbs/06g_explorers.ipynb #f217791f
-def langevin_explorer(target, z0: torch.Tensor | None = None, n_chains: int = 300, n_steps: int = 50,
+def langevin_explorer(target, z0: torch.Tensor | None = None, n_chains: int = 300, n_steps: int | None = None,
                       step_size: float = 0.1, seed: int = 0, extent: float = 4.5, n_paths: int = 5, n_show: int = 8) -> Explorer:
-    "A slider over the steps of precomputed Langevin chains on a 2-D log density (over its contours) or an `EBMPrior` (decoded)."
+    """A slider over the steps of precomputed Langevin chains on a 2-D log density (over its contours) or an `EBMPrior`
+    (decoded). `n_steps`: the chain length (default: the model's own, or 50)."""
     from mmvae_nb.ebm_prior import langevin
     g = torch.Generator().manual_seed(seed)                  # a CPU generator: the same chains on any device
     if hasattr(target, 'prior_samples'):                     # a model whose prior is sampled by Langevin (EBMPrior)
-        _, kept = target.prior_samples(n_show, n_steps, generator=g, keep_every=1)
+        _, kept = target.prior_samples(n_show, n_steps, generator=g, keep_every=1)     # None: the model's n_steps
         chains = torch.stack(kept)
         draw = lambda ex: _decoded_states(target, chains[int(ex.step.value)], int(ex.step.value))
     else:
@@ -292,12 +293,12 @@ def langevin_explorer(target, z0: torch.Tensor | None = None, n_chains: int = 30
               "with prior_samples (an EBMPrior)")
         z0 = torch.randn(n_chains, 2, generator=g) if z0 is None else z0
         check(z0.ndim == 2 and z0.shape[-1] == 2, f"z0 must be (chains, 2) for a 2-D log density; got {tuple(z0.shape)}")
-        _, kept = langevin(target, z0, n_steps, step_size, generator=g, keep_every=1)
+        _, kept = langevin(target, z0, 50 if n_steps is None else n_steps, step_size, generator=g, keep_every=1)
         chains = torch.stack(kept)
         xs = torch.linspace(-extent, extent, 80, device=z0.device)
         X, Y = torch.meshgrid(xs, xs, indexing='xy')
         with torch.no_grad(): grid = (X.cpu(), Y.cpu(), target(torch.stack([X, Y], -1)).exp().cpu())
         draw = lambda ex: _states_on_contours(chains.cpu(), int(ex.step.value), grid, n_paths, step_size)
-    ex = Explorer({'step': integer(0, 0, n_steps, 'step')}, draw, title='Langevin')
+    ex = Explorer({'step': integer(0, 0, len(chains) - 1, 'step')}, draw, title='Langevin')
     ex.chains = chains                                        # (n_steps + 1, chains, D), every state kept
     return ex

@@ -74,6 +74,9 @@ def test_cross_generation_explorer_redraws(setup):
     ex = cross_generation_explorer({'tiny': (model, ds), 'img only': (other, img8)}, n_samples=1)
     ex.source.value = 'feat'
     assert changed(ex, 'item', 9)
+    shown = pixels(ex.figure)
+    ex.item.value = 2; ex.item.value = 9                                   # seeded samples: the same choice, the same picture
+    assert np.array_equal(pixels(ex.figure), shown)
     ex.model.value = 'img only'
     assert list(ex.source.options) == ['img'] and ex.source.value == 'img' and (ex.item.value, ex.item.max) == (7, 7)
     assert ex.figure.axes[0].get_title(loc='left') == 'img only | img: item 7 (label 7)'
@@ -99,7 +102,7 @@ def test_langevin_explorer_redraws(setup):
     assert ex.chains.shape == (31, 50, 2) and float(ex.chains[-1].mean()) > 1.3 > float(ex.chains[0].mean())
     ex.close()
     ebm = EBMPrior(model, n_steps=5, hidden=(8,))
-    ex = langevin_explorer(ebm, n_steps=5, n_show=4)
+    ex = langevin_explorer(ebm, n_show=4)                                  # its own 5 steps
     assert ex.chains.shape == (6, 4, 3) and changed(ex, 'step', 5)
     ex.close()
 
