@@ -334,7 +334,7 @@ def register(exp: Experiment) -> Experiment:
 
 # %% ../nbs/10_experiments.ipynb #04159f80
 def likelihood_trend(every: float = 0.1, K: int = 1000, n: int = 1000, marginals: bool = False, conditionals: bool = False):
-    "A train hook: at every `every` fraction of the epochs (and the last), `metrics.likelihood_rows` on `n` test items as `trend_*` keys."
+    "A train hook: at every `every` fraction of the epochs (and the last), `likelihoods.likelihood_rows` on `n` test items as `trend_*` keys."
     check(0 < every <= 1, f"every must be a fraction in (0, 1]; got {every}")
     def hook(trainer) -> dict:
         from mmvae_nb.likelihoods import likelihood_rows
@@ -365,7 +365,7 @@ CPU_EVAL = {'classifier_epochs': 5, 'joint_n': 2000, 'latent_epochs': 5}
 MMVAE_CITE = 'Shi, Siddharth, Paige, Torr. Variational Mixture-of-Experts Autoencoders for Multi-Modal Deep Generative Models. NeurIPS 2019'
 
 def mmvae_paper_numbers() -> dict:
-    "MMVAE's published MNIST-SVHN numbers (from `metrics.PAPER_NUMBERS`)."
+    "MMVAE's published MNIST-SVHN numbers (from `evaluation.PAPER_NUMBERS`)."
     from mmvae_nb.evaluation import paper_numbers
     return paper_numbers('mmvae', ('mnist', 'svhn'))
 

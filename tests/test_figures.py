@@ -1,4 +1,4 @@
-"Checks of mmvae_nb.figures: atomic PNG saving, item pictures, grids drawn through the model interface, relatedness plots, the explorer."
+"Checks of mmvae_nb.figures: atomic PNG saving, item pictures, grids drawn through the model interface, relatedness plots (the explorers: test_explorers.py)."
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -9,8 +9,8 @@ from torch import nn
 
 from mmvae_nb.core import Batch, ModalitySpec
 from mmvae_nb.figures import (as_images, class_distance_heatmap, coherence_heatmap, cross_generation_grid, dendrogram_plot,
-                              explore, item_grid, joint_samples_grid, latent_scatter, latent_traversal, reconstruction_grid,
-                              save_figure, w2_histogram)
+                              item_cross_generations, item_grid, joint_samples_grid, latent_scatter, latent_traversal,
+                              reconstruction_grid, save_figure, w2_histogram)
 from mmvae_nb.models import Modality, MultimodalVAE, UniformMixture
 from mmvae_nb.multimodal import MultimodalDataset
 
@@ -76,9 +76,10 @@ def test_relatedness_plots():
     plt.close('all')
 
 
-def test_explorer_constructs(setup):
+def test_item_cross_generations(setup):
     model, ds = setup
-    panel = explore({'tiny': model}, ds)
-    assert len(panel.children) == 2
-    panel.children[0].children[2].value = 5        # changing the item redraws without error
+    fig = item_cross_generations(model, ds, 'img', 5, n_samples=2)
+    assert len(fig.axes) == 3 and fig.axes[0].get_title(loc='left') == 'img: item 5 (label 5)'
+    with pytest.raises(ValueError, match='item 30 is outside 0..29'):
+        item_cross_generations(model, ds, 'img', 30)
     plt.close('all')
