@@ -15,12 +15,12 @@ from .train import (TrainConfig, Trainer, CheckpointManager, RunLock, init_distr
 
 # %% auto #0
 __all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'CPU_EVAL', 'JMVAE_CITE',
-           'DEMO_FULL', 'NARROW_STREET', 'NEUTRAL_FIELDS', 'MOVED_TO_PAPERS', 'ExperimentConfig', 'mmvae_plus',
-           'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics', 'as_rows',
-           'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement', 'unmeasured_table',
-           'Experiment', 'register', 'likelihood_trend', 'trend_table', 'validate_config', 'apply_overrides',
-           'check_resumable', 'train', 'load_run', 'report_experiment', 'evaluate', 'changes', 'write_report',
-           'reproduce', 'chapter_runs_dir', 'chapter_run']
+           'DEMO_FULL', 'NARROW_STREET', 'DEMO', 'NEUTRAL_FIELDS', 'CUSTOM', 'MOVED_TO_PAPERS', 'ExperimentConfig',
+           'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics',
+           'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement',
+           'unmeasured_table', 'Experiment', 'register', 'likelihood_trend', 'trend_table', 'validate_config',
+           'apply_overrides', 'check_resumable', 'train', 'load_run', 'report_experiment', 'evaluate', 'changes',
+           'write_report', 'reproduce', 'chapter_runs_dir', 'chapter_run']
 
 # %% ../nbs/10_experiments.ipynb #c58b9096
 SCALES = ('paper', 'cpu', 'custom')
@@ -366,7 +366,7 @@ DEMO_FULL = dict(model='jmvae', model_kwargs={'alpha': 3.0}, dataset='synthetic_
                  batch_size=128, epochs=30, lr=1e-3,
                  eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mmvae'], 'latent_epochs': 30})
 NARROW_STREET = [16, 32, 64]
-register(Experiment(
+DEMO = register(Experiment(
     'demo', 'JMVAE-kl on the embedded synthetic paired digits (the `make demo` run)', JMVAE_CITE,
     _scales('demo', DEMO_FULL,
             dict(model_kwargs={'alpha': 3.0, 'feature_hidden': {'street': NARROW_STREET}},
@@ -609,9 +609,9 @@ def chapter_run(cfg: ExperimentConfig, name: str, device=None, data_root=None, r
     return train(cfg, Path(root or chapter_runs_dir()) / name, device, data_root, resume=True)
 
 # %% ../nbs/10_experiments.ipynb #820ed8e0
-register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,
-                                                                      epochs=10, batch_size=128, lr=1e-3)},
-                    evaluate=['test_bound', 'metrics']))
+CUSTOM = register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,
+                                                                               epochs=10, batch_size=128, lr=1e-3)},
+                             evaluate=['test_bound', 'metrics']))
 
 # %% ../nbs/10_experiments.ipynb #af115579
 # names that moved to a paper's chapter, still found here for the code that imports them from `experiments` until it
