@@ -399,7 +399,8 @@ def _run(cmd: list, ctx: Ctx, timeout: float) -> tuple:
 
 def ddp_config(ctx: Ctx):
     "A small MMVAE MNIST-SVHN run on random data (`bench.benchlib:random_dataset`), checkpoints every 2 steps."
-    from mmvae_nb.experiments import EXPERIMENTS, ExperimentConfig, MMVAE_PAPER
+    from mmvae_nb.experiments import EXPERIMENTS, ExperimentConfig
+    from mmvae_nb.papers.mmvae import MMVAE_PAPER
     p = ctx.plan
     base = EXPERIMENTS['mmvae_mnist_svhn'].configs['paper'] if 'mmvae_mnist_svhn' in EXPERIMENTS else ExperimentConfig(**MMVAE_PAPER)
     return base.replace(name='gpu_check_ddp', scale='custom', reduction='', dataset='bench.benchlib:random_dataset',

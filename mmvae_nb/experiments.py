@@ -14,14 +14,13 @@ from .train import (TrainConfig, Trainer, CheckpointManager, RunLock, init_distr
                             resume_changes, write_csv)
 
 # %% auto #0
-__all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'MMVAE_PAPER', 'CPU_EVAL',
-           'MMVAE_CITE', 'JMVAE_CITE', 'DEMO_FULL', 'NARROW_STREET', 'MVAE_CITE', 'MS_EVAL', 'SUTTER_MS',
-           'SUTTER_MS_CPU', 'NEUTRAL_FIELDS', 'ExperimentConfig', 'mmvae_plus', 'resolve', 'load_data', 'build_model',
-           'make_iterator', 'test_bound', 'standard_metrics', 'as_rows', 'run_evaluators', 'rows_figure',
-           'generation_figures', 'loss_figure', 'scale_statement', 'unmeasured_table', 'Experiment', 'register',
-           'likelihood_trend', 'trend_table', 'mmvae_paper_numbers', 'validate_config', 'apply_overrides',
+__all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'CPU_EVAL', 'JMVAE_CITE',
+           'DEMO_FULL', 'NARROW_STREET', 'DEMO', 'NEUTRAL_FIELDS', 'CUSTOM', 'ExperimentConfig', 'mmvae_plus',
+           'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics', 'as_rows',
+           'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement', 'unmeasured_table',
+           'Experiment', 'register', 'likelihood_trend', 'trend_table', 'validate_config', 'apply_overrides',
            'check_resumable', 'train', 'load_run', 'report_experiment', 'evaluate', 'changes', 'write_report',
-           'reproduce']
+           'reproduce', 'chapter_runs_dir', 'chapter_run']
 
 # %% ../nbs/10_experiments.ipynb #c58b9096
 SCALES = ('paper', 'cpu', 'custom')
@@ -163,14 +162,13 @@ METRICS_DEFAULTS = dict(classifier_epochs=30, joint_n=10000, latent=('mmvae', 'm
                         n=None, likelihood_K=None, likelihood_n=1000, likelihood_marginals=False)
 
 def standard_metrics(model, data: dict, cfg: ExperimentConfig) -> list:
-    "Coherence, joint coherence, latent accuracy (and likelihoods) by `evaluate_model`, options from `cfg.eval_kwargs`."
-    from mmvae_nb.evaluation import evaluate_model
-    from mmvae_nb.reference_classifiers import load_or_train_classifiers
+    "Coherence, joint coherence, latent accuracy (and likelihoods) by `evaluation.evaluate_model`, options from `cfg.eval_kwargs`."
+    from mmvae_nb import evaluation, reference_classifiers
     o = {**METRICS_DEFAULTS, **cfg.eval_kwargs}
     unknown = sorted(set(o) - set(METRICS_DEFAULTS))
     check(not unknown, f"unknown eval_kwargs {unknown} for the 'metrics' evaluator; valid: {sorted(METRICS_DEFAULTS)}")
-    classifiers = load_or_train_classifiers(data['train'], data['test'], epochs=o['classifier_epochs'], seed=cfg.seed)
-    return evaluate_model(model, data['test'], classifiers, train=data['train'], latent=tuple(o['latent']),
+    classifiers = reference_classifiers.load_or_train_classifiers(data['train'], data['test'], epochs=o['classifier_epochs'], seed=cfg.seed)
+    return evaluation.evaluate_model(model, data['test'], classifiers, train=data['train'], latent=tuple(o['latent']),
                                   joint_n=o['joint_n'], latent_epochs=o['latent_epochs'], n_logreg=o['n_logreg'], n=o['n'],
                                   likelihood_K=o['likelihood_K'], likelihood_n=o['likelihood_n'],
                                   likelihood_marginals=o['likelihood_marginals'], seed=cfg.seed)
@@ -357,26 +355,18 @@ def trend_table(history) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/10_experiments.ipynb #24cecb27
-MMVAE_PAPER = dict(model='mmvae', model_kwargs={'objective': 'dreg_looser', 'learn_prior': True, 'posterior': 'laplace_softmax'},
-                   modality_kwargs={'weight': 'mmvae', 'likelihood_scale': 0.75}, K=30, latent_dim=20,
-                   batch_size=128, epochs=30, lr=1e-3, amsgrad=True,
-                   eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mmvae'], 'latent_epochs': 30})
 CPU_EVAL = {'classifier_epochs': 5, 'joint_n': 2000, 'latent_epochs': 5}
-MMVAE_CITE = 'Shi, Siddharth, Paige, Torr. Variational Mixture-of-Experts Autoencoders for Multi-Modal Deep Generative Models. NeurIPS 2019'
-
-def mmvae_paper_numbers() -> dict:
-    "MMVAE's published MNIST-SVHN numbers (from `evaluation.PAPER_NUMBERS`)."
-    from mmvae_nb.evaluation import paper_numbers
-    return paper_numbers('mmvae', ('mnist', 'svhn'))
 
 JMVAE_CITE = 'Suzuki, Nakayama, Matsuo. Joint Multimodal Learning with Deep Generative Models. ICLR 2017 workshop'
-# the demo's own full setting (no paper trains on these data): JMVAE-kl, Normal pixels, a batch-normalised street encoder
+# the demo's own full setting (no paper trains on these data): JMVAE-kl, Normal pixels, a batch-normalised street encoder;
+# evaluated as MMVAE's analysis script evaluates (30-epoch classifiers, 10,000 prior samples)
 DEMO_FULL = dict(model='jmvae', model_kwargs={'alpha': 3.0}, dataset='synthetic_digits', K=1, latent_dim=20,
                  modality_kwargs={'likelihood': 'normal', 'likelihood_scale': 0.1, 'weight': {'pen': 3.0, 'street': 1.0},
                                   'arch': {'street': 'svhn_cnn_bn'}},
-                 batch_size=128, epochs=30, lr=1e-3, eval_kwargs=MMVAE_PAPER['eval_kwargs'])
+                 batch_size=128, epochs=30, lr=1e-3,
+                 eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mmvae'], 'latent_epochs': 30})
 NARROW_STREET = [16, 32, 64]
-register(Experiment(
+DEMO = register(Experiment(
     'demo', 'JMVAE-kl on the embedded synthetic paired digits (the `make demo` run)', JMVAE_CITE,
     _scales('demo', DEMO_FULL,
             dict(model_kwargs={'alpha': 3.0, 'feature_hidden': {'street': NARROW_STREET}},
@@ -395,41 +385,6 @@ register(Experiment(
           "following the larger street image alone) was the best combination tried; Normal pixels of scale 0.1. Joint "
           "coherence stays the weak number (0.15-0.37 in every trial): prior samples of street are faint, as the "
           "decoder mean over street styles is."))
-
-register(Experiment(
-    'mmvae_mnist_svhn', 'MMVAE on MNIST-SVHN', MMVAE_CITE,
-    _scales('mmvae_mnist_svhn', {**MMVAE_PAPER, 'dataset': 'mnist_svhn', 'dataset_kwargs': {'dm': 30}},
-            dict(dataset_kwargs={'dm': 1}, n_train=10000, n_test=2000, K=4, epochs=2,
-                 eval_kwargs={**MMVAE_PAPER['eval_kwargs'], **CPU_EVAL}),
-            "pairs with dm=1 instead of 30, 10,000 training and 2,000 test pairs, K=4 instead of 30, 2 epochs instead "
-            "of 30; evaluation: classifiers 5 epochs, latent classifiers 5 epochs, 2,000 prior samples."),
-    paper_results=mmvae_paper_numbers(),
-    notes="Pairing: dm=30 is what MMVAE's script uses (its README says 20). Other anchors: MEME's re-implementation of "
-          "MMVAE (Gaussian) gives cross coherence M→S 0.581, S→M 0.735 and latent accuracy MNIST 0.886 / SVHN 0.499 "
-          "(MEME Tables 3-4); with Laplace posteriors 91.8% / 65.2% (MEME Table 7). MMVAE's own latent accuracies "
-          "were not recovered. Needs SVHN: put SVHN/{train,test}_32x32.mat under the data root."))
-
-MVAE_CITE = 'Wu, Goodman. Multimodal Generative Models for Scalable Weakly-Supervised Learning. NeurIPS 2018'
-MS_EVAL = {'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mopoe'], 'latent_epochs': 30}
-# what MoPoE's and mmJSD's MNIST-SVHN job scripts share (peers.md §2.5-2.6), and their common cpu reduction
-SUTTER_MS = dict(model_kwargs={'beta': 2.5}, dataset='mnist_svhn', dataset_kwargs={'dm': 20},
-                 modality_kwargs={'weight': 'mmvae', 'likelihood_scale': 0.75}, latent_dim=20, batch_size=256, eval_kwargs=MS_EVAL)
-SUTTER_MS_CPU = dict(dataset_kwargs={'dm': 1}, n_train=10000, n_test=2000, epochs=2, eval_kwargs={**MS_EVAL, **CPU_EVAL})
-register(Experiment(
-    'mopoe_mnist_svhn', 'MoPoE-VAE on MNIST-SVHN', 'Sutter, Daunhawer, Vogt. Generalized Multimodal ELBO. ICLR 2021',
-    _scales('mopoe_mnist_svhn', dict(SUTTER_MS, model='mopoe', epochs=200, lr=1e-3), SUTTER_MS_CPU,
-            "pairs with dm=1 instead of 20, 10,000 training and 2,000 test pairs, 2 epochs instead of 200; evaluation: "
-            "classifiers 5 epochs, 2,000 prior samples."),
-    notes="The paper reports MNIST-SVHN-Text (three modalities), not comparable with this bimodal setting: no paper "
-          "numbers are shown. Hyperparameters from the authors' job scripts (peers.md §2.6); latent accuracy by "
-          "their protocol (logistic regression on posterior means of 500 training items)."))
-
-register(Experiment(
-    'mmjsd_mnist_svhn', 'mmJSD on MNIST-SVHN', 'Sutter, Daunhawer, Vogt. Multimodal Generative Learning Utilizing Jensen-Shannon Divergence. NeurIPS 2020',
-    _scales('mmjsd_mnist_svhn', dict(SUTTER_MS, model='mmjsd', epochs=100, lr=5e-4), SUTTER_MS_CPU,
-            "pairs with dm=1 instead of 20, 10,000 training and 2,000 test pairs, 2 epochs instead of 100; evaluation: "
-            "classifiers 5 epochs, 2,000 prior samples."),
-    notes="The paper reports MNIST-SVHN-Text; no comparable bimodal numbers. Hyperparameters from `job_mst.sh` (peers.md §2.5)."))
 
 # %% ../nbs/10_experiments.ipynb #d2c0ffee
 def _accepted(fn) -> tuple:
@@ -643,10 +598,20 @@ def reproduce(name: str, scale: str = 'cpu', device=None, data_root=None, out_di
     print(f"report: {out_dir / 'report.md'}", flush=True)
     return out_dir
 
+# %% ../nbs/10_experiments.ipynb #510000ea
+def chapter_runs_dir() -> Path:
+    "Where the chapters' cached runs live: `<user cache>/mmvae_nb/chapter_runs` (never inside the repository)."
+    import platformdirs
+    return Path(platformdirs.user_cache_dir('mmvae_nb')) / 'chapter_runs'
+
+def chapter_run(cfg: ExperimentConfig, name: str, device=None, data_root=None, root=None) -> tuple:
+    "(trainer, data) of `cfg` trained into `<root>/<name>` (default root: `chapter_runs_dir()`); a finished run is only loaded."
+    return train(cfg, Path(root or chapter_runs_dir()) / name, device, data_root, resume=True)
+
 # %% ../nbs/10_experiments.ipynb #820ed8e0
-register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,
-                                                                      epochs=10, batch_size=128, lr=1e-3)},
-                    evaluate=['test_bound', 'metrics']))
+CUSTOM = register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,
+                                                                               epochs=10, batch_size=128, lr=1e-3)},
+                             evaluate=['test_bound', 'metrics']))
 
 # %% ../nbs/10_experiments.ipynb #af115579
 # the papers' chapters register their experiments in `mmvae_nb.papers.*` (design.md); imported last, after all they use

@@ -47,7 +47,7 @@ def jensen_shannon(locs: torch.Tensor, scales: torch.Tensor, weights: torch.Tens
     w = weights.movedim(-1, 0).to(kls.dtype)
     return torch.where(w > 0, kls, torch.zeros_like(kls)).mul(w).sum(0)
 
-# %% ../nbs/04f_mmjsd.ipynb #18070127
+# %% ../nbs/04f_mmjsd.ipynb #c04f0000
 JOINTS = ('poe', 'moe', 'dynamic_prior')
 
 def normalise_alphas(alphas: Sequence[float] | Mapping[str, float] | None, names: Sequence[str]) -> torch.Tensor:
@@ -63,6 +63,7 @@ def normalise_alphas(alphas: Sequence[float] | Mapping[str, float] | None, names
     check_positive(a, 'alphas')
     return a / a.sum()
 
+# %% ../nbs/04f_mmjsd.ipynb #18070127
 class MMJSD(MultimodalVAE):
     "mmJSD: reconstruct from the mixture of unimodal posteriors; regularise by the JS divergence to the dynamic prior."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int, beta: float = 2.5,

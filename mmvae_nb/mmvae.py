@@ -17,7 +17,7 @@ from .models import Modality, MultimodalVAE, UniformMixture, posterior_dist
 # %% auto #0
 __all__ = ['MIXTURE_GRAD_ESTIMATORS', 'OBJECTIVES', 'stacked_experts', 'moe_log_weights', 'moe_iwae', 'moe_iwae_looser',
            'moe_elbo', 'moe_dreg_looser', 'moe_dreg', 'moe_dreg_looser_unbiased', 'mixture_grad_samples',
-           'paired_z_scores', 'MoEWeights', 'MMVAE']
+           'paired_z_scores', 'MoEWeights', 'objective_bound', 'MMVAE']
 
 # %% ../nbs/04d_mmvae.ipynb #e56b46b6
 def stacked_experts(locs: torch.Tensor, raw_scales: torch.Tensor, family: str = 'laplace_softmax') -> Distribution:
@@ -147,7 +147,7 @@ def paired_z_scores(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     se = d.std(0) / math.sqrt(d.shape[0])
     return torch.where(se > 0, d.mean(0) / se.clamp_min(torch.finfo(d.dtype).tiny), 0.)
 
-# %% ../nbs/04d_mmvae.ipynb #ccd0b30f
+# %% ../nbs/04d_mmvae.ipynb #0a46efe2
 OBJECTIVES = ('dreg_looser', 'iwae_looser', 'dreg', 'iwae', 'elbo', 'dreg_looser_unbiased')
 
 class MoEWeights(NamedTuple):
@@ -158,6 +158,15 @@ class MoEWeights(NamedTuple):
     log_lik: dict             # name -> (E, K, B) weighted log-likelihood, 0 where unobserved
     experts: Distribution     # the stacked posteriors (E, B, D) the samples were drawn from
 
+def objective_bound(objective: str, w: MoEWeights, kl_weight: float = 1.) -> torch.Tensor:
+    "Per-item bound named by `objective` from `w` (`log_weights`, with `detach_q` for `dreg*`); `dreg*`: its value, DReG's gradient."
+    bound_fn = moe_iwae if objective in ('dreg', 'iwae') else (moe_elbo if objective == 'elbo' else moe_iwae_looser)
+    if not objective.startswith('dreg'): return bound_fn(w.lw, w.mask)
+    if objective == 'dreg_looser_unbiased': s = moe_dreg_looser_unbiased(w.lw, w.z, w.experts, w.mask, kl_weight)
+    else: s = (moe_dreg if objective == 'dreg' else moe_dreg_looser)(w.lw, w.z, w.mask)
+    return s - s.detach() + bound_fn(w.lw.detach(), w.mask)              # value: the bound; gradient: DReG
+
+# %% ../nbs/04d_mmvae.ipynb #ccd0b30f
 class MMVAE(MultimodalVAE):
     "Shi et al. (2019): uniform mixture of unimodal experts trained with a stratified IWAE/DReG bound."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int = 20, K: int = 10, objective: str = 'dreg_looser',
@@ -206,17 +215,10 @@ class MMVAE(MultimodalVAE):
     def loss(self, batch: Batch):
         "Minus the chosen bound, averaged over the batch (DReG: same value, DReG gradients)."
         self.check_batch(batch)
-        obj = self.objective
-        dreg = obj.startswith('dreg')
-        lw, z, mask, log_lik, q = self.log_weights(batch, detach_q=dreg, flat=obj == 'dreg')
-        bound_fn = moe_iwae if obj in ('dreg', 'iwae') else (moe_elbo if obj == 'elbo' else moe_iwae_looser)
-        if obj == 'dreg_looser_unbiased': s = moe_dreg_looser_unbiased(lw, z, q, mask, self.beta * self.kl_scale)
-        elif dreg: s = (moe_dreg if obj == 'dreg' else moe_dreg_looser)(lw, z, mask)
-        if dreg:
-            bound = s - s.detach() + bound_fn(lw.detach(), mask)         # value: the bound; gradient: DReG
-        else: bound = bound_fn(lw, mask)
+        w = self.log_weights(batch, detach_q=self.objective.startswith('dreg'), flat=self.objective == 'dreg')
+        bound = objective_bound(self.objective, w, self.beta * self.kl_scale)
         with torch.no_grad():
-            w = _expert_weights(mask, lw.dtype)
-            terms = {'bound': bound.mean(), 'elbo': moe_elbo(lw, mask).mean()}
-            for n, ll in log_lik.items(): terms[f'loglik_{n}'] = (w * ll.mean(1)).sum(0).mean()
+            ew = _expert_weights(w.mask, w.lw.dtype)
+            terms = {'bound': bound.mean(), 'elbo': moe_elbo(w.lw, w.mask).mean()}
+            for n, ll in w.log_lik.items(): terms[f'loglik_{n}'] = (ew * ll.mean(1)).sum(0).mean()
         return -bound.mean(), {k: v.detach() for k, v in terms.items()}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np, torch
 from ..core import check, atomic_write
 from ..ebm_prior import EBMPrior
-from ..experiments import (Experiment, ExperimentConfig, register, MODELS, EVALUATORS, MMVAE_PAPER, resolve, load_run,
+from ..experiments import (Experiment, ExperimentConfig, register, MODELS, EVALUATORS, resolve, load_run,
                                   scale_statement)
+from .mmvae import MMVAE_PAPER
 from .meme import run_many, runs_table, write_study, reproduce_command, evaluation_setup, mean_value
 
 # %% auto #0
