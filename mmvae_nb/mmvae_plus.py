@@ -60,6 +60,8 @@ class SharedPrivatePrior(nn.Module):
         pz, pw = self.z().base_dist, self.w().base_dist
         return Independent(type(pz)(self.loc, torch.cat([pz.scale, pw.scale.repeat(self.n_modalities)]), validate_args=False), 1)
 
+
+# %% ../nbs/04g_mmvae_plus.ipynb #396cbe6a
 class SharedPrivateMixture(UniformMixture):
     "Uniform mixture of experts over $v=[z, w_1..w_M]$; `mean` takes $w_d$ from its own expert where $d$ is observed."
     def __init__(self, experts, mask, slots: Sequence[int], latent_dim_z: int, latent_dim_w: int):
@@ -80,6 +82,8 @@ class PlusWeights(NamedTuple):
     mask: torch.Tensor        # (B, E)
     log_lik: dict             # name -> (E, K, B) weighted log-likelihood, 0 where unobserved
 
+
+# %% ../nbs/04g_mmvae_plus.ipynb #0f26e79f
 class MMVAEPlus(MultimodalVAE):
     "Palumbo et al. (2023): shared $z$ (mixture of experts) + private $w_m$; cross-generation with auxiliary priors $r_d(w_d)$."
     def __init__(self, modalities: Sequence[Modality], latent_dim_z: int = 32, latent_dim_w: int = 32, K: int = 10,
@@ -108,76 +112,97 @@ class MMVAEPlus(MultimodalVAE):
         ds = [self.aux_prior[n]().base_dist for n in self.names]
         return type(ds[0])(torch.stack([d.loc for d in ds]), torch.stack([d.scale for d in ds]), validate_args=False)
 
-    def experts(self, batch: Batch):
-        "(names with data, $q_m(z)$ (E, B, Dz), $q_m(w_m)$ (E, B, Dw), mask (B, E), modality index of each expert)."
-        names = [n for n in self.names if n in batch.data]
-        check(len(names) > 0, "empty expert set: the batch holds data for none of the model's modalities")
-        locs, raws = map(torch.stack, zip(*(self.mods[n].encode(self.observed_data(batch, n)) for n in names)))
-        check(locs.shape[-1] == self.dw + self.dz, f"encoders must output latent_dim_w + latent_dim_z = {self.dw + self.dz}; got {locs.shape[-1]}")
-        qw = stacked_experts(locs[..., :self.dw], raws[..., :self.dw], self.posterior_family)
-        qz = stacked_experts(locs[..., self.dw:], raws[..., self.dw:], self.posterior_family)
-        return names, qz, qw, torch.stack([batch.observed(n) for n in names], -1), [self.names.index(n) for n in names]
 
-    def unimodal_posteriors(self, batch: Batch) -> dict:
-        "$\\tilde q_m(v\\mid x_m)$ over the joint vector for every modality with data."
-        names, qz, qw, _, slots = self.experts(batch)
-        qv = experts_on_joint(qz, qw, slots, self.aux())
-        return {n: Independent(type(qv)(qv.loc[i], qv.scale[i], validate_args=False), 1) for i, n in enumerate(names)}
+# %% ../nbs/04g_mmvae_plus.ipynb #883dcc3f
+def _plus_experts(self: MMVAEPlus, batch: Batch):
+    "(names with data, $q_m(z)$ (E, B, Dz), $q_m(w_m)$ (E, B, Dw), mask (B, E), modality index of each expert)."
+    names = [n for n in self.names if n in batch.data]
+    check(len(names) > 0, "empty expert set: the batch holds data for none of the model's modalities")
+    locs, raws = map(torch.stack, zip(*(self.mods[n].encode(self.observed_data(batch, n)) for n in names)))
+    check(locs.shape[-1] == self.dw + self.dz, f"encoders must output latent_dim_w + latent_dim_z = {self.dw + self.dz}; got {locs.shape[-1]}")
+    qw = stacked_experts(locs[..., :self.dw], raws[..., :self.dw], self.posterior_family)
+    qz = stacked_experts(locs[..., self.dw:], raws[..., self.dw:], self.posterior_family)
+    return names, qz, qw, torch.stack([batch.observed(n) for n in names], -1), [self.names.index(n) for n in names]
 
-    def joint_posterior(self, batch: Batch) -> SharedPrivateMixture:
-        qs = self.unimodal_posteriors(batch)
-        return SharedPrivateMixture(list(qs.values()), torch.stack([batch.observed(n) for n in qs], -1),
-                                    [self.names.index(n) for n in qs], self.dz, self.dw)
+def _plus_unimodal_posteriors(self: MMVAEPlus, batch: Batch) -> dict:
+    "$\\tilde q_m(v\\mid x_m)$ over the joint vector for every modality with data."
+    names, qz, qw, _, slots = self.experts(batch)
+    qv = experts_on_joint(qz, qw, slots, self.aux())
+    return {n: Independent(type(qv)(qv.loc[i], qv.scale[i], validate_args=False), 1) for i, n in enumerate(names)}
 
-    def importance_proposal(self, batch: Batch) -> SharedPrivateMixture:
-        "`joint_posterior` with $p(w_d)$ in place of $r_d$ in each item's unobserved blocks: the proposal for IWAE estimates of $\\log p(x_S)$."
-        _, qz, qw, mask, slots = self.experts(batch)
-        r, pw = self.aux(), self.prior_net.w().base_dist
-        obs = self.observed_mask(batch)[..., None]                                 # (B, M, 1)
-        fill = type(r)(torch.where(obs, r.loc, pw.loc), torch.where(obs, r.scale, pw.scale), validate_args=False)
-        qv = experts_on_joint(qz, qw, slots, fill)                                 # r_d where d is observed, p(w_d) elsewhere
-        return SharedPrivateMixture([Independent(type(qv)(l, s, validate_args=False), 1) for l, s in zip(qv.loc, qv.scale)],
-                                    mask, slots, self.dz, self.dw)
+def _plus_joint_posterior(self: MMVAEPlus, batch: Batch) -> SharedPrivateMixture:
+    qs = self.unimodal_posteriors(batch)
+    return SharedPrivateMixture(list(qs.values()), torch.stack([batch.observed(n) for n in qs], -1),
+                                [self.names.index(n) for n in qs], self.dz, self.dw)
 
-    def likelihoods(self, v: torch.Tensor, names: Sequence[str] | None = None) -> dict:
-        "$p(x_d\\mid w_d, z)$ for joint vectors v (..., B, Dz + M*Dw)."
-        return {n: self.mods[n].likelihood(decoder_input(v, self.names.index(n), self.dz, self.dw))
-                for n in (names or self.names)}
+MMVAEPlus.experts = _plus_experts
+MMVAEPlus.unimodal_posteriors = _plus_unimodal_posteriors
+MMVAEPlus.joint_posterior = _plus_joint_posterior
 
-    @torch.no_grad()
-    def shared(self, batch: Batch, given: Sequence[str] | None = None) -> torch.Tensor:
-        "Posterior mean of the shared latent $z$ (B, Dz)."
-        return self.embed(batch, given)[..., :self.dz]
 
-    def log_weights(self, batch: Batch, K: int | None = None, detach_q: bool = False) -> PlusWeights:
-        "K stratified samples $u=(w_m, z)$ per observed expert, the joint vectors decoded and the MMVAE+ log-weights."
-        names, qz, qw, mask, slots = self.experts(batch)
-        K = self.K if K is None else K
-        qu = type(qz)(torch.cat([qw.loc, qz.loc], -1), torch.cat([qw.scale, qz.scale], -1), validate_args=False)
-        u = stratified_mixture_sample(qu, K)                                       # (E, K, B, Dw + Dz)
-        w, z = u[..., :self.dw], u[..., self.dw:]
-        E, B, M = u.shape[0], u.shape[2], len(self.names)
-        aux = self.aux().rsample((E, K, B))                                       # (E, K, B, M, Dw)
-        own = torch.zeros(E, M, dtype=torch.bool, device=u.device)
-        own[torch.arange(E, device=u.device), torch.as_tensor(slots, device=u.device)] = True
-        ws = torch.where(own[:, None, None, :, None], w.unsqueeze(-2), aux)       # own w_m, r_d draws elsewhere
-        v = torch.cat([z, ws.flatten(-2)], -1)
-        log_lik = self.log_likelihoods(batch, v, names)                           # each decoder sees all E*K*B latents
-        if detach_q: qz, qw = detach_dist(qz), detach_dist(qw)
-        reg = mmvae_plus_regulariser(z, w, qz, qw, self.prior_net.z(), self.prior_net.w(), mask)
-        return PlusWeights(sum(log_lik.values()) + self.beta * self.kl_scale * reg, u, v, mask, log_lik)
+# %% ../nbs/04g_mmvae_plus.ipynb #fa42d8f5
+def _plus_importance_proposal(self: MMVAEPlus, batch: Batch) -> SharedPrivateMixture:
+    "`joint_posterior` with $p(w_d)$ in place of $r_d$ in each item's unobserved blocks: the proposal for IWAE estimates of $\\log p(x_S)$."
+    _, qz, qw, mask, slots = self.experts(batch)
+    r, pw = self.aux(), self.prior_net.w().base_dist
+    obs = self.observed_mask(batch)[..., None]                                 # (B, M, 1)
+    fill = type(r)(torch.where(obs, r.loc, pw.loc), torch.where(obs, r.scale, pw.scale), validate_args=False)
+    qv = experts_on_joint(qz, qw, slots, fill)                                 # r_d where d is observed, p(w_d) elsewhere
+    return SharedPrivateMixture([Independent(type(qv)(l, s, validate_args=False), 1) for l, s in zip(qv.loc, qv.scale)],
+                                mask, slots, self.dz, self.dw)
 
-    def loss(self, batch: Batch):
-        "Minus the looser bound (or ELBO) averaged over the batch; with DReG the value is the bound, the gradient DReG's."
-        self.check_batch(batch)
-        dreg = self.objective == 'dreg_looser'
-        lw, u, _, mask, log_lik = self.log_weights(batch, detach_q=dreg)
-        if dreg:
-            s = moe_dreg_looser(lw, u, mask)
-            bound = s - s.detach() + moe_iwae_looser(lw.detach(), mask)
-        else: bound = (moe_elbo if self.objective == 'elbo' else moe_iwae_looser)(lw, mask)
-        with torch.no_grad():
-            ew = _expert_weights(mask, lw.dtype)
-            terms = {'bound': bound.mean(), 'elbo': moe_elbo(lw, mask).mean()}
-            for n, ll in log_lik.items(): terms[f'loglik_{n}'] = (ew * ll.mean(1)).sum(0).mean()
-        return -bound.mean(), {k: v.detach() for k, v in terms.items()}
+def _plus_likelihoods(self: MMVAEPlus, v: torch.Tensor, names: Sequence[str] | None = None) -> dict:
+    "$p(x_d\\mid w_d, z)$ for joint vectors v (..., B, Dz + M*Dw)."
+    return {n: self.mods[n].likelihood(decoder_input(v, self.names.index(n), self.dz, self.dw))
+            for n in (names or self.names)}
+
+@torch.no_grad()
+def _plus_shared(self: MMVAEPlus, batch: Batch, given: Sequence[str] | None = None) -> torch.Tensor:
+    "Posterior mean of the shared latent $z$ (B, Dz)."
+    return self.embed(batch, given)[..., :self.dz]
+
+MMVAEPlus.importance_proposal = _plus_importance_proposal
+MMVAEPlus.likelihoods = _plus_likelihoods
+MMVAEPlus.shared = _plus_shared
+
+
+# %% ../nbs/04g_mmvae_plus.ipynb #11992ecf
+def _plus_log_weights(self: MMVAEPlus, batch: Batch, K: int | None = None, detach_q: bool = False) -> PlusWeights:
+    "K stratified samples $u=(w_m, z)$ per observed expert, the joint vectors decoded and the MMVAE+ log-weights."
+    names, qz, qw, mask, slots = self.experts(batch)
+    K = self.K if K is None else K
+    qu = type(qz)(torch.cat([qw.loc, qz.loc], -1), torch.cat([qw.scale, qz.scale], -1), validate_args=False)
+    u = stratified_mixture_sample(qu, K)                                       # (E, K, B, Dw + Dz)
+    w, z = u[..., :self.dw], u[..., self.dw:]
+    E, B, M = u.shape[0], u.shape[2], len(self.names)
+    aux = self.aux().rsample((E, K, B))                                       # (E, K, B, M, Dw)
+    own = torch.zeros(E, M, dtype=torch.bool, device=u.device)
+    own[torch.arange(E, device=u.device), torch.as_tensor(slots, device=u.device)] = True
+    ws = torch.where(own[:, None, None, :, None], w.unsqueeze(-2), aux)       # own w_m, r_d draws elsewhere
+    v = torch.cat([z, ws.flatten(-2)], -1)
+    log_lik = self.log_likelihoods(batch, v, names)                           # each decoder sees all E*K*B latents
+    if detach_q: qz, qw = detach_dist(qz), detach_dist(qw)
+    reg = mmvae_plus_regulariser(z, w, qz, qw, self.prior_net.z(), self.prior_net.w(), mask)
+    return PlusWeights(sum(log_lik.values()) + self.beta * self.kl_scale * reg, u, v, mask, log_lik)
+
+MMVAEPlus.log_weights = _plus_log_weights
+
+
+# %% ../nbs/04g_mmvae_plus.ipynb #28a3af01
+def _plus_loss(self: MMVAEPlus, batch: Batch):
+    "Minus the looser bound (or ELBO) averaged over the batch; with DReG the value is the bound, the gradient DReG's."
+    self.check_batch(batch)
+    dreg = self.objective == 'dreg_looser'
+    lw, u, _, mask, log_lik = self.log_weights(batch, detach_q=dreg)
+    if dreg:
+        s = moe_dreg_looser(lw, u, mask)
+        bound = s - s.detach() + moe_iwae_looser(lw.detach(), mask)
+    else: bound = (moe_elbo if self.objective == 'elbo' else moe_iwae_looser)(lw, mask)
+    with torch.no_grad():
+        ew = _expert_weights(mask, lw.dtype)
+        terms = {'bound': bound.mean(), 'elbo': moe_elbo(lw, mask).mean()}
+        for n, ll in log_lik.items(): terms[f'loglik_{n}'] = (ew * ll.mean(1)).sum(0).mean()
+    return -bound.mean(), {k: v.detach() for k, v in terms.items()}
+
+MMVAEPlus.loss = _plus_loss
+

@@ -32,6 +32,6 @@ MMVAE_PLUS_POLYMNIST = register(Experiment(
                                           "and targets (MultiVae's own MMVAE+: 0.886 ± 0.008)"),
     notes="Networks: an MLP 2352-512-512 per modality, not the paper's ResNets. Coherence classifier: the package's reference "
           "CNN for source 'polymnist' (one for all modalities), not the authors' ResNet classifiers. The mean cross "
-          "coherence is the row coherence_by_inputs (1 of 5 -> missing modalities). The cpu scale trains 2 of the "
-          "paper's 250 epochs on a rebuilt PolyMNIST whose m1 background is substituted: not a reproduction of the paper's "
+          "coherence is the row coherence_by_inputs (1 of 5 -> missing modalities). The cpu scale trains "
+          f"{MMVAE_PLUS_POLY_CPU_EPOCHS} of the paper's 250 epochs on a rebuilt PolyMNIST whose m1 background is substituted: not a reproduction of the paper's "
           "number, but where a short run stands."))

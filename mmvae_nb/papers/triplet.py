@@ -157,11 +157,11 @@ def latent_traversal(model, dataset, label: int = 7, n: int = 100, spread: float
 # %% ../../nbs/04cb_seed003_reproduction.ipynb #51b32c57
 def figure3(traversal: dict, path, nrow: int = 10, dpi: int = 64) -> Path:
     "Save the traversal's decoded images as one `nrow` x `nrow` grid per modality, side by side (the poster's Figure 3 layout)."
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure            # off-screen, without pyplot: the session's backend is left alone
     from torchvision.utils import make_grid
     ims = traversal['images']
-    fig, axes = plt.subplots(1, len(ims), figsize=(3.4 * len(ims), 3.7), squeeze=False)
+    fig = Figure(figsize=(3.4 * len(ims), 3.7))
+    axes = fig.subplots(1, len(ims), squeeze=False)
     for ax, (m, x) in zip(axes[0], ims.items()):
         ax.imshow(make_grid(x.float().clamp(0, 1), nrow=nrow, padding=1, pad_value=0.5)[0].numpy(), cmap='gray', vmin=0, vmax=1)
         ax.set_title(m, fontsize=9); ax.axis('off')
@@ -170,7 +170,6 @@ def figure3(traversal: dict, path, nrow: int = 10, dpi: int = 64) -> Path:
                  f"input label {traversal['label']})\nbranch labels along the path: {traversal['transitions']}", fontsize=8)
     fig.tight_layout()
     with atomic_write(path, 'wb') as f: fig.savefig(f, dpi=dpi, format='png')
-    plt.close(fig)
     return Path(path)
 
 # %% ../../nbs/04cb_seed003_reproduction.ipynb #8c2da02d
