@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_experiments.ipynb #34fe79aa
 from __future__ import annotations
-import contextlib, dataclasses, importlib, inspect, json, math, platform, time, warnings
+import contextlib, dataclasses, importlib, inspect, json, math, platform, shutil, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -605,8 +605,13 @@ def chapter_runs_dir() -> Path:
     return Path(platformdirs.user_cache_dir('mmvae_nb')) / 'chapter_runs'
 
 def chapter_run(cfg: ExperimentConfig, name: str, device=None, data_root=None, root=None) -> tuple:
-    "(trainer, data) of `cfg` trained into `<root>/<name>` (default root: `chapter_runs_dir()`); a finished run is only loaded."
-    return train(cfg, Path(root or chapter_runs_dir()) / name, device, data_root, resume=True)
+    "(trainer, data) of `cfg` in `<root>/<name>` (default root: `chapter_runs_dir()`): a finished run loaded, a shorter one continued."
+    check(bool(name) and '/' not in name and name not in ('.', '..'), f"a chapter run needs a plain folder name; got {name!r}")
+    out = Path(root or chapter_runs_dir()) / name
+    try: check_resumable(cfg, out)
+    except ValueError:                       # a cache of another config: a chapter's figure wants this one, so train afresh
+        shutil.rmtree(out)
+    return train(cfg, out, device, data_root, resume=True)
 
 # %% ../nbs/10_experiments.ipynb #820ed8e0
 CUSTOM = register(Experiment('custom', '', 'none', {'custom': ExperimentConfig(name='custom', scale='custom', model='mvae', latent_dim=20,

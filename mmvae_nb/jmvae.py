@@ -17,7 +17,7 @@ from .models import Modality, MultimodalVAE, meta_step
 from .networks import ARCHITECTURES, default_arch, build_modalities
 
 # %% auto #0
-__all__ = ['SUBSET_POSTERIORS', 'UNPAIRED', 'jmvae_objective', 'JointEncoder', 'JMVAE', 'chapter_run_dir', 'chapter_run']
+__all__ = ['SUBSET_POSTERIORS', 'UNPAIRED', 'jmvae_objective', 'JointEncoder', 'JMVAE']
 
 # %% ../nbs/04b_jmvae.ipynb #295d37da
 def jmvae_objective(log_px_z: torch.Tensor, kl_prior: torch.Tensor, kl_unimodal: torch.Tensor,
@@ -125,24 +125,3 @@ def _jmvae_loss(self: JMVAE, batch: Batch):
     return loss, terms
 
 JMVAE.loss = _jmvae_loss
-
-# %% ../nbs/04b_jmvae.ipynb #462c4563
-def chapter_run_dir(name: str, root=None) -> Path:
-    "Folder of a chapter's demonstration run: `<root or user cache>/chapter_runs/<name>`, never inside the repository."
-    import platformdirs
-    check(bool(name) and '/' not in name and name not in ('.', '..'), f"a chapter run needs a plain folder name; got {name!r}")
-    return Path(root or platformdirs.user_cache_dir('mmvae_nb')) / 'chapter_runs' / name
-
-def chapter_run(name: str, cfg, device=None, data_root=None, root=None) -> tuple:
-    "(model in eval mode, data) of the run `name` of `cfg`: loaded when its folder holds that run finished, else trained there (a stopped run resumes)."
-    from mmvae_nb.experiments import ExperimentConfig, train, load_run
-    out = chapter_run_dir(name, root)
-    state = None
-    if (out / 'config.json').exists() and ExperimentConfig.load(out / 'config.json') == cfg:
-        try: _, model, data, state = load_run(out, device, data_root)
-        except ValueError: pass                            # no checkpoint yet, or one the current model code no longer fits
-        else:
-            if state['epoch'] >= cfg.epochs and state['epoch_step'] == 0: return model.eval(), data
-    # otherwise (another config, no usable checkpoint) the folder is a stale cache: train afresh (the trainer clears it)
-    trainer, data = train(cfg, out, device, data_root, resume=state is not None)
-    return trainer.model.eval(), data
