@@ -272,7 +272,7 @@ class CheckpointManager:
         check(self.writer, "this CheckpointManager was opened read-only (writer=False)")
         for p in self.paths() + (sorted(self.dir.glob('ckpt-*.pt.bad')) if self.dir.exists() else []): p.unlink(missing_ok=True)
 
-# %% ../nbs/05_train.ipynb #a2c0ffee
+# %% ../nbs/05_train.ipynb #81170b8b
 class RunLockedError(RuntimeError):
     "Another live process is training into the same run folder."
 
@@ -281,6 +281,15 @@ def _pid_alive(pid) -> bool:
     except ProcessLookupError: return False
     except (PermissionError, ValueError, TypeError, OverflowError): return True
 
+def _owner(text: str) -> str:
+    "The owner recorded in a lock file, in words."
+    try: o = json.loads(text)
+    except ValueError: return 'an unknown process'
+    alive = '' if o.get('host') != socket.gethostname() or _pid_alive(o.get('pid')) else ', no longer running'
+    return f"pid {o.get('pid')} on {o.get('host')}, since {o.get('started')}{alive}"
+
+
+# %% ../nbs/05_train.ipynb #11fcf0f4
 class RunLock:
     "An exclusive lock on a run folder (`<dir>/.lock`, `flock`), re-entrant in one process; the kernel drops it when the process ends."
     _held = {}                           # resolved lock path -> [file descriptor, depth]: this process's locks
@@ -332,12 +341,6 @@ class RunLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-def _owner(text: str) -> str:
-    "The owner recorded in a lock file, in words."
-    try: o = json.loads(text)
-    except ValueError: return 'an unknown process'
-    alive = '' if o.get('host') != socket.gethostname() or _pid_alive(o.get('pid')) else ', no longer running'
-    return f"pid {o.get('pid')} on {o.get('host')}, since {o.get('started')}{alive}"
 
 # %% ../nbs/05_train.ipynb #50ec60dd
 class DistributedTimeoutError(RuntimeError):
