@@ -723,6 +723,8 @@ def load_backgrounds(names=None, root=None) -> list[torch.Tensor]:
         with Image.open(p) as im: out.append(torch.from_numpy(np.array(im.convert('RGB'))).permute(2, 0, 1).contiguous())
     return out
 
+
+# %% ../nbs/03_data.ipynb #7d67470a
 def rebuild_polymnist(split: str = 'train', root=None, seed: int = 0, n: int | None = None, backgrounds=None,
                       cache=None) -> list[ImageSet]:
     "PolyMNIST `split` built from MNIST and the background JPEGs by the authors' procedure; cached; `n`: the first n MNIST images only."

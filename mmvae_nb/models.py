@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch.distributions import Distribution, Independent, Normal, Laplace, Bernoulli, ContinuousBernoulli, Categorical
 from .core import ModalitySpec, Batch, check, check_finite, check_values
 from .distributions import product_of_experts, mixture_log_prob, softmax_laplace, normal_from_raw
@@ -169,7 +170,7 @@ class Prior(nn.Module):
     def forward(self) -> Distribution:
         return posterior_dist(self.loc, self.raw_scale, self.family)
 
-# %% ../nbs/04_models.ipynb #1ef6578e
+# %% ../nbs/04_models.ipynb #cf8f9c6c
 class MultimodalVAE(nn.Module):
     "Base class: modalities, prior, unimodal posteriors, likelihoods, sampling and cross-generation."
     def __init__(self, modalities: Sequence[Modality], latent_dim: int, posterior: str = 'normal',
@@ -186,6 +187,7 @@ class MultimodalVAE(nn.Module):
 
     @property
     def specs(self): return tuple(m.spec for m in self.mods.values())
+
     @property
     def device(self): return self.prior_net.loc.device
 
@@ -193,104 +195,118 @@ class MultimodalVAE(nn.Module):
         "$p(z)$, batch shape () and event shape (D,)."
         return self.prior_net()
 
-    # --- input checks --------------------------------------------------------------------------
     validate_values = True   # per-batch value checks (`core.check_values`: NaN/Inf, ranges, ids) in `loss`; False skips them
 
-    def check_batch(self, batch: Batch):
-        "Raise `ValueError` on unknown modalities, wrong shapes or dtypes, bad values, empty batches or items with nothing observed."
-        check(batch.mask.shape[0] > 0, "empty batch (0 items): a loss needs at least one item")
-        unknown = [n for n in batch.names if n not in self.mods]
-        check(not unknown, f"unknown modalities {unknown}; this model has {self.names}")
-        missing = [n for n in self.names if n not in batch.names]
-        check(not missing, f"batch lacks mask columns for modalities {missing}; mark them unobserved instead")
-        for n, x in batch.data.items(): self.mods[n].check_input(x)
-        if batch.mask.device.type != 'meta':
-            for n in self.names:
-                check(n in batch.data or not bool(batch.observed(n).any()),
-                      f"modality {n!r} is marked observed but has no data in the batch")
-            check(bool(batch.mask.any(1).all()), "every item needs at least one observed modality; "
-                  f"{int((~batch.mask.any(1)).sum())} items have none")
-            if self.validate_values:
-                for n, x in batch.data.items(): check_values(self.mods[n].spec, x, batch.observed(n), batch.index)
+# %% ../nbs/04_models.ipynb #ac6a6ea4
+@patch
+def check_batch(self: MultimodalVAE, batch: Batch):
+    "Raise `ValueError` on unknown modalities, wrong shapes or dtypes, bad values, empty batches or items with nothing observed."
+    check(batch.mask.shape[0] > 0, "empty batch (0 items): a loss needs at least one item")
+    unknown = [n for n in batch.names if n not in self.mods]
+    check(not unknown, f"unknown modalities {unknown}; this model has {self.names}")
+    missing = [n for n in self.names if n not in batch.names]
+    check(not missing, f"batch lacks mask columns for modalities {missing}; mark them unobserved instead")
+    for n, x in batch.data.items(): self.mods[n].check_input(x)
+    if batch.mask.device.type != 'meta':
+        for n in self.names:
+            check(n in batch.data or not bool(batch.observed(n).any()),
+                  f"modality {n!r} is marked observed but has no data in the batch")
+        check(bool(batch.mask.any(1).all()), "every item needs at least one observed modality; "
+              f"{int((~batch.mask.any(1)).sum())} items have none")
+        if self.validate_values:
+            for n, x in batch.data.items(): check_values(self.mods[n].spec, x, batch.observed(n), batch.index)
 
-    def observed_mask(self, batch: Batch) -> torch.Tensor:
-        "(B, M) bool in `self.names` order."
-        return torch.stack([batch.observed(n) for n in self.names], -1)
+@patch
+def observed_mask(self: MultimodalVAE, batch: Batch) -> torch.Tensor:
+    "(B, M) bool in `self.names` order."
+    return torch.stack([batch.observed(n) for n in self.names], -1)
 
-    # --- the five questions ----------------------------------------------------------------------
-    def observed_data(self, batch: Batch, name: str) -> torch.Tensor:
-        "`batch.data[name]` with unobserved items replaced by zeros, so hidden values (even NaN) cannot reach any gradient."
-        x, obs = batch.data[name], batch.observed(name)
-        return torch.where(obs.view(-1, *[1] * (x.ndim - 1)), x, torch.zeros((), dtype=x.dtype, device=x.device))
+# %% ../nbs/04_models.ipynb #39f5ffb5
+@patch
+def observed_data(self: MultimodalVAE, batch: Batch, name: str) -> torch.Tensor:
+    "`batch.data[name]` with unobserved items replaced by zeros, so hidden values (even NaN) cannot reach any gradient."
+    x, obs = batch.data[name], batch.observed(name)
+    return torch.where(obs.view(-1, *[1] * (x.ndim - 1)), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
-    def unimodal_posteriors(self, batch: Batch) -> dict:
-        "$q_m(z\\mid x_m)$ for every modality with data in the batch (masked items are encoded from zeros and must not be used)."
-        return {n: posterior_dist(*self.mods[n].encode(self.observed_data(batch, n)), self.posterior_family)
-                for n in self.names if n in batch.data}
+@patch
+def unimodal_posteriors(self: MultimodalVAE, batch: Batch) -> dict:
+    "$q_m(z\\mid x_m)$ for every modality with data in the batch (masked items are encoded from zeros and must not be used)."
+    return {n: posterior_dist(*self.mods[n].encode(self.observed_data(batch, n)), self.posterior_family)
+            for n in self.names if n in batch.data}
 
-    def log_likelihoods(self, batch: Batch, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
-        "$\\lambda_m \\log p(x_m\\mid z)$ (..., B) per modality with data, zero where $x_m$ is unobserved."
-        names = [n for n in (self.names if names is None else names) if n in batch.data]
-        out = {}
-        for n, p in self.likelihoods(z, names).items():
-            lp = p.log_prob(self.observed_data(batch, n))
-            out[n] = torch.where(batch.observed(n), self.mods[n].weight * lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
-        return out
+@patch
+def log_likelihoods(self: MultimodalVAE, batch: Batch, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
+    "$\\lambda_m \\log p(x_m\\mid z)$ (..., B) per modality with data, zero where $x_m$ is unobserved."
+    names = [n for n in (self.names if names is None else names) if n in batch.data]
+    out = {}
+    for n, p in self.likelihoods(z, names).items():
+        lp = p.log_prob(self.observed_data(batch, n))
+        out[n] = torch.where(batch.observed(n), self.mods[n].weight * lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+    return out
 
-    def joint_posterior(self, batch: Batch) -> Distribution:
-        "$q(z\\mid x_S)$ given each item's observed subset $S$: the model's aggregation."
-        raise NotImplementedError
+@patch
+def joint_posterior(self: MultimodalVAE, batch: Batch) -> Distribution:
+    "$q(z\\mid x_S)$ given each item's observed subset $S$: the model's aggregation."
+    raise NotImplementedError
 
-    def importance_proposal(self, batch: Batch) -> Distribution:
-        "Proposal for importance-sampled likelihoods (`metrics`): the joint posterior unless a model knows a better one."
-        return self.joint_posterior(batch)
+@patch
+def importance_proposal(self: MultimodalVAE, batch: Batch) -> Distribution:
+    "Proposal for importance-sampled likelihoods (`metrics`): the joint posterior unless a model knows a better one."
+    return self.joint_posterior(batch)
 
-    def likelihoods(self, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
-        "$p(x_m\\mid z)$ for `names` (default all), latents (..., B, D)."
-        return {n: self.mods[n].likelihood(z) for n in (self.names if names is None else names)}   # [] means none
+@patch
+def likelihoods(self: MultimodalVAE, z: torch.Tensor, names: Sequence[str] | None = None) -> dict:
+    "$p(x_m\\mid z)$ for `names` (default all), latents (..., B, D)."
+    return {n: self.mods[n].likelihood(z) for n in (self.names if names is None else names)}   # [] means none
 
-    def loss(self, batch: Batch):
-        "(scalar to minimise, dict of detached named terms)."
-        raise NotImplementedError
+@patch
+def loss(self: MultimodalVAE, batch: Batch):
+    "(scalar to minimise, dict of detached named terms)."
+    raise NotImplementedError
 
-    # --- generic uses ----------------------------------------------------------------------------
-    def restrict(self, batch: Batch, given: Sequence[str]) -> Batch:
-        "The batch with only the modalities in `given` observed (and present)."
-        given = [given] if isinstance(given, str) else list(given)
-        bad = [g for g in given if g not in self.names]
-        check(not bad, f"unknown modalities {bad}; this model has {self.names}")
-        check(len(given) > 0, "need at least one given modality")
-        keep = torch.tensor([n in given for n in batch.names], device=batch.mask.device)
-        return Batch({n: batch.data[n] for n in given}, batch.mask & keep, batch.names, batch.labels, batch.index)
+# %% ../nbs/04_models.ipynb #679fe69d
+@patch
+def restrict(self: MultimodalVAE, batch: Batch, given: Sequence[str]) -> Batch:
+    "The batch with only the modalities in `given` observed (and present)."
+    given = [given] if isinstance(given, str) else list(given)
+    bad = [g for g in given if g not in self.names]
+    check(not bad, f"unknown modalities {bad}; this model has {self.names}")
+    check(len(given) > 0, "need at least one given modality")
+    keep = torch.tensor([n in given for n in batch.names], device=batch.mask.device)
+    return Batch({n: batch.data[n] for n in given}, batch.mask & keep, batch.names, batch.labels, batch.index)
 
-    @torch.no_grad()
-    def generate(self, batch: Batch, given: Sequence[str], targets: Sequence[str] | None = None, sample: bool = False) -> dict:
-        "Cross-generation: decode `targets` from $q(z\\mid x_{given})$ (its mean, or one sample)."
-        sub = self.restrict(batch, given)
-        if sub.mask.device.type != 'meta':
-            n_none = int((~sub.mask.any(1)).sum())
-            check(n_none == 0, f"cross-generation from {list(given) if not isinstance(given, str) else [given]}: {n_none} items "
-                  "observe none of the given modalities (select items with batch.subset(batch.observed(name)))")
-        self.check_batch(sub)
-        q = self.joint_posterior(sub)
-        z = q.rsample() if sample else q.mean
-        return {n: self.mods[n].point(p) for n, p in self.likelihoods(z, targets).items()}
+@patch
+@torch.no_grad()
+def generate(self: MultimodalVAE, batch: Batch, given: Sequence[str], targets: Sequence[str] | None = None, sample: bool = False) -> dict:
+    "Cross-generation: decode `targets` from $q(z\\mid x_{given})$ (its mean, or one sample)."
+    sub = self.restrict(batch, given)
+    if sub.mask.device.type != 'meta':
+        n_none = int((~sub.mask.any(1)).sum())
+        check(n_none == 0, f"cross-generation from {list(given) if not isinstance(given, str) else [given]}: {n_none} items "
+              "observe none of the given modalities (select items with batch.subset(batch.observed(name)))")
+    self.check_batch(sub)
+    q = self.joint_posterior(sub)
+    z = q.rsample() if sample else q.mean
+    return {n: self.mods[n].point(p) for n, p in self.likelihoods(z, targets).items()}
 
-    def reconstruct(self, batch: Batch) -> dict:
-        "Decode every modality from the joint posterior of the observed ones."
-        return self.generate(batch, [n for n in self.names if n in batch.data])
+@patch
+def reconstruct(self: MultimodalVAE, batch: Batch) -> dict:
+    "Decode every modality from the joint posterior of the observed ones."
+    return self.generate(batch, [n for n in self.names if n in batch.data])
 
-    @torch.no_grad()
-    def embed(self, batch: Batch, given: Sequence[str] | None = None) -> torch.Tensor:
-        "Posterior mean (B, D) given the modalities in `given` (default: all observed)."
-        sub = self.restrict(batch, given) if given is not None else batch
-        return self.joint_posterior(sub).mean
+@patch
+@torch.no_grad()
+def embed(self: MultimodalVAE, batch: Batch, given: Sequence[str] | None = None) -> torch.Tensor:
+    "Posterior mean (B, D) given the modalities in `given` (default: all observed)."
+    sub = self.restrict(batch, given) if given is not None else batch
+    return self.joint_posterior(sub).mean
 
-    @torch.no_grad()
-    def sample(self, n: int, names: Sequence[str] | None = None) -> dict:
-        "Decode `n` prior samples into every modality (point predictions)."
-        z = self.prior().sample((n,))
-        return {m: self.mods[m].point(p) for m, p in self.likelihoods(z, names).items()}
+@patch
+@torch.no_grad()
+def sample(self: MultimodalVAE, n: int, names: Sequence[str] | None = None) -> dict:
+    "Decode `n` prior samples into every modality (point predictions)."
+    z = self.prior().sample((n,))
+    return {m: self.mods[m].point(p) for m, p in self.likelihoods(z, names).items()}
 
 # %% ../nbs/04_models.ipynb #252e5c7e
 def meta_step(model: MultimodalVAE, batch: Batch):

@@ -8,6 +8,7 @@ import math, warnings
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 import torch
+from fastcore.basics import patch
 from .core import ModalitySpec, Batch, check, check_values, default_device, atomic_torch_save
 
 # %% auto #0
@@ -33,7 +34,7 @@ def _check_kind(spec: ModalitySpec, x: torch.Tensor):
     want = {'image': 'uint8 or float', 'features': 'float', 'categorical': 'int64', 'sequence': 'int64', 'binary': 'float'}[spec.kind]
     check(ok, f"modality {spec.name!r} of kind {spec.kind!r} must be {want}; got {x.dtype}")
 
-# %% ../nbs/03a_multimodal.ipynb #70e58e98
+# %% ../nbs/03a_multimodal.ipynb #5c23a065
 class MultimodalDataset:
     "Paired multimodal data as tensors: items per modality, optional row indices, labels, observation mask, relatedness."
     def __init__(self, data: Mapping, specs, labels, rows: Mapping | None = None, mask=None, related=None,
@@ -86,36 +87,49 @@ class MultimodalDataset:
         check(set(self.binarize) <= set(images), f"binarize must name image modalities of {images}; got {list(self.binarize)}")
         if validate: self.check_values()
 
-    def check_values(self):
-        "`core.check_values` on every item an observed row uses: NaN/Inf, float images outside [0, 1], ids outside the vocabulary."
-        for k, s in enumerate(self.specs):
-            x, r = self.data[s.name], self.rows[s.name]
-            if x.device.type == 'meta' or len(x) == 0: continue
-            used = self.mask[:, k] if r is None else torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(
-                0, r[self.mask[:, k]].to(x.device), True)
-            try: check_values(s, x, used.to(x.device))
-            except ValueError as e: raise ValueError(f"dataset {self.name!r}: {e} (row = item index of the modality)") from None
-
     def __len__(self): return len(self.labels)
+
     @property
     def modalities(self) -> tuple: return tuple(s.name for s in self.specs)
+
     @property
     def device(self) -> torch.device: return self.labels.device
-    def spec(self, name: str) -> ModalitySpec:
-        check(name in self.modalities, f"unknown modality {name!r}; this dataset has {self.modalities}")
-        return self.specs[self.modalities.index(name)]
-    def labels_of(self, name: str) -> torch.Tensor:
-        "Labels of the items of modality `name` (differ from `labels` only after re-pairing)."
-        self.spec(name)
-        return self.modality_labels.get(name, self.labels)
-    def item_index(self, name: str, idx=None) -> torch.Tensor:
-        "Item of modality `name` used by each row (or by the rows `idx`)."
-        r = self.rows[self.spec(name).name]
-        if r is None: return torch.arange(len(self), device=self.device) if idx is None else idx
-        return r if idx is None else r[idx]
-    def __repr__(self):
-        mods = ', '.join(f"{s.name}:{s.kind}{list(s.shape)}" for s in self.specs)
-        return f"MultimodalDataset({self.name!r}, n={len(self)}, [{mods}], observed={self.mask.float().mean().item():.2f}, synthetic={self.synthetic})"
+
+# %% ../nbs/03a_multimodal.ipynb #523f915e
+@patch
+def check_values(self: MultimodalDataset):
+    "`core.check_values` on every item an observed row uses: NaN/Inf, float images outside [0, 1], ids outside the vocabulary."
+    for k, s in enumerate(self.specs):
+        x, r = self.data[s.name], self.rows[s.name]
+        if x.device.type == 'meta' or len(x) == 0: continue
+        used = self.mask[:, k] if r is None else torch.zeros(len(x), dtype=torch.bool, device=x.device).index_fill_(
+            0, r[self.mask[:, k]].to(x.device), True)
+        try: check_values(s, x, used.to(x.device))
+        except ValueError as e: raise ValueError(f"dataset {self.name!r}: {e} (row = item index of the modality)") from None
+
+# %% ../nbs/03a_multimodal.ipynb #5a7c8e15
+@patch
+def spec(self: MultimodalDataset, name: str) -> ModalitySpec:
+    check(name in self.modalities, f"unknown modality {name!r}; this dataset has {self.modalities}")
+    return self.specs[self.modalities.index(name)]
+
+@patch
+def labels_of(self: MultimodalDataset, name: str) -> torch.Tensor:
+    "Labels of the items of modality `name` (differ from `labels` only after re-pairing)."
+    self.spec(name)
+    return self.modality_labels.get(name, self.labels)
+
+@patch
+def item_index(self: MultimodalDataset, name: str, idx=None) -> torch.Tensor:
+    "Item of modality `name` used by each row (or by the rows `idx`)."
+    r = self.rows[self.spec(name).name]
+    if r is None: return torch.arange(len(self), device=self.device) if idx is None else idx
+    return r if idx is None else r[idx]
+
+@patch
+def __repr__(self: MultimodalDataset):
+    mods = ', '.join(f"{s.name}:{s.kind}{list(s.shape)}" for s in self.specs)
+    return f"MultimodalDataset({self.name!r}, n={len(self)}, [{mods}], observed={self.mask.float().mean().item():.2f}, synthetic={self.synthetic})"
 
 # %% ../nbs/03a_multimodal.ipynb #8c3cd4ad
 def _replace(self: MultimodalDataset, **kw) -> MultimodalDataset:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 import torch.distributed as dist
 from tqdm import tqdm
+from fastcore.basics import patch
 from .core import Batch, check, seed_everything, atomic_write, atomic_torch_save, remove_orphan_temps
 try: import fcntl                      # POSIX file locks (run folders); absent on Windows
 except ImportError: fcntl = None
@@ -25,7 +26,7 @@ __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'TrainConfig', 'parse_overrides', 'kl_war
            'loss_sums', 'mean_loss', 'resume_changes', 'apply_lr_changes', 'NonFiniteLossError', 'DivergenceGuard',
            'nonfinite_state', 'nonfinite_inputs', 'Trainer']
 
-# %% ../nbs/05_train.ipynb #fdf41f88
+# %% ../nbs/05_train.ipynb #293eecb3
 OPTIMIZERS = ('adam', 'adamw')
 SCHEDULERS = ('constant', 'cosine', 'step')
 _TYPES = {'int': int, 'float': float, 'bool': bool, 'str': str, 'dict': dict, 'list': (list, tuple), 'tuple': (list, tuple),
@@ -43,6 +44,8 @@ def _checked(name: str, value, annotation):
     check(ok, f"config field {name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__})")
     return value
 
+
+# %% ../nbs/05_train.ipynb #914bd078
 @dataclass
 class TrainConfig:
     "Hyperparameters of the training loop (optimiser, schedules, precision, checkpoints, logging)."
@@ -93,36 +96,45 @@ class TrainConfig:
         check(self.divergence_factor >= 0 and self.ddp_timeout > 0, "divergence_factor must be >= 0 and ddp_timeout > 0")
         self.betas = tuple(self.betas)
 
-    def to_dict(self) -> dict: return asdict(self)
-    def to_json(self) -> str: return json.dumps(self.to_dict(), indent=1)
-    def __str__(self): return f"{type(self).__name__}{self.to_json()}"
 
-    @classmethod
-    def from_dict(cls, d: dict):
-        "Build from a dict, refusing keys that are not fields."
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        check(not unknown, f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**d)
+# %% ../nbs/05_train.ipynb #c02507e4
+@patch
+def to_dict(self: TrainConfig) -> dict: return asdict(self)
 
-    @classmethod
-    def load(cls, path):
-        "Read a config saved by `save`; every error names the file."
-        path = Path(path)
-        check(path.exists(), f"config file {path} not found")
-        try: d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        check(isinstance(d, dict), f"config file {path} must hold a JSON object of fields, not a {type(d).__name__}")
-        try: return cls.from_dict(d)
-        except ValueError as e: raise ValueError(f"config file {path}: {e}") from None
+@patch
+def to_json(self: TrainConfig) -> str: return json.dumps(self.to_dict(), indent=1)
 
-    def save(self, path) -> Path:
-        with atomic_write(path, 'w') as f: f.write(self.to_json() + '\n')
-        return Path(path)
+@patch
+def __str__(self: TrainConfig): return f"{type(self).__name__}{self.to_json()}"
 
-    def replace(self, **changes):
-        "A copy with `changes` applied (validated; unknown keys refused)."
-        return type(self).from_dict({**self.to_dict(), **changes})
+@patch(cls_method=True)
+def from_dict(cls: TrainConfig, d: dict):
+    "Build from a dict, refusing keys that are not fields."
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    check(not unknown, f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
+    return cls(**d)
+
+@patch(cls_method=True)
+def load(cls: TrainConfig, path):
+    "Read a config saved by `save`; every error names the file."
+    path = Path(path)
+    check(path.exists(), f"config file {path} not found")
+    try: d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    check(isinstance(d, dict), f"config file {path} must hold a JSON object of fields, not a {type(d).__name__}")
+    try: return cls.from_dict(d)
+    except ValueError as e: raise ValueError(f"config file {path}: {e}") from None
+
+@patch
+def save(self: TrainConfig, path) -> Path:
+    with atomic_write(path, 'w') as f: f.write(self.to_json() + '\n')
+    return Path(path)
+
+@patch
+def replace(self: TrainConfig, **changes):
+    "A copy with `changes` applied (validated; unknown keys refused)."
+    return type(self).from_dict({**self.to_dict(), **changes})
 
 # %% ../nbs/05_train.ipynb #eef09cdb
 def parse_overrides(pairs: Sequence[str], cls=TrainConfig) -> dict:
@@ -260,7 +272,7 @@ class CheckpointManager:
         check(self.writer, "this CheckpointManager was opened read-only (writer=False)")
         for p in self.paths() + (sorted(self.dir.glob('ckpt-*.pt.bad')) if self.dir.exists() else []): p.unlink(missing_ok=True)
 
-# %% ../nbs/05_train.ipynb #a2c0ffee
+# %% ../nbs/05_train.ipynb #81170b8b
 class RunLockedError(RuntimeError):
     "Another live process is training into the same run folder."
 
@@ -269,6 +281,15 @@ def _pid_alive(pid) -> bool:
     except ProcessLookupError: return False
     except (PermissionError, ValueError, TypeError, OverflowError): return True
 
+def _owner(text: str) -> str:
+    "The owner recorded in a lock file, in words."
+    try: o = json.loads(text)
+    except ValueError: return 'an unknown process'
+    alive = '' if o.get('host') != socket.gethostname() or _pid_alive(o.get('pid')) else ', no longer running'
+    return f"pid {o.get('pid')} on {o.get('host')}, since {o.get('started')}{alive}"
+
+
+# %% ../nbs/05_train.ipynb #11fcf0f4
 class RunLock:
     "An exclusive lock on a run folder (`<dir>/.lock`, `flock`), re-entrant in one process; the kernel drops it when the process ends."
     _held = {}                           # resolved lock path -> [file descriptor, depth]: this process's locks
@@ -320,12 +341,6 @@ class RunLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-def _owner(text: str) -> str:
-    "The owner recorded in a lock file, in words."
-    try: o = json.loads(text)
-    except ValueError: return 'an unknown process'
-    alive = '' if o.get('host') != socket.gethostname() or _pid_alive(o.get('pid')) else ', no longer running'
-    return f"pid {o.get('pid')} on {o.get('host')}, since {o.get('started')}{alive}"
 
 # %% ../nbs/05_train.ipynb #50ec60dd
 class DistributedTimeoutError(RuntimeError):
@@ -505,7 +520,7 @@ def nonfinite_inputs(batch) -> str:
             out.append(f"modality {name!r}: {int(bad.sum())} item(s), e.g. dataset rows {rows}")
     return '; '.join(out)
 
-# %% ../nbs/05_train.ipynb #20187476
+# %% ../nbs/05_train.ipynb #e17d9a9e
 class Trainer:
     "Train a model with `loss(batch)`: schedules, AMP, clipping, logs, hooks, atomic checkpoints, exact resume, DDP, a NaN/divergence guard."
     def __init__(self, model: nn.Module, train_iter, config: TrainConfig, valid_iter=None, out_dir=None,
@@ -548,248 +563,264 @@ class Trainer:
         self.good_checkpoint, self._candidate, self._batch = None, None, None
         self.resumed_from, self.changes, self._note = None, [], None
 
-    # --- one optimiser step -------------------------------------------------------------------
-    def _reduce(self, values: dict) -> dict:
-        "Sum a dict of scalar tensors over ranks (one all-reduce)."
-        if self.world_size == 1: return values
-        keys = list(values); v = torch.stack([values[k] for k in keys])
-        dist.all_reduce(v); return dict(zip(keys, v))
+# %% ../nbs/05_train.ipynb #ff55bd58
+@patch
+def _reduce(self: Trainer, values: dict) -> dict:
+    "Sum a dict of scalar tensors over ranks (one all-reduce)."
+    if self.world_size == 1: return values
+    keys = list(values); v = torch.stack([values[k] for k in keys])
+    dist.all_reduce(v); return dict(zip(keys, v))
 
-    def _autocast(self):
-        if self.amp_dtype is None: return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+@patch
+def _autocast(self: Trainer):
+    if self.amp_dtype is None: return contextlib.nullcontext()
+    return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batch: Batch) -> float:
-        "One optimiser step on `batch`; returns the (rank-averaged) loss. Stops before the update on a bad loss or gradient."
-        self.model.kl_scale = kl_warmup(self.step, self.warmup_steps)
-        self._batch = batch
-        with self._autocast(): loss, terms = self.loss_fn(batch)
-        check(loss.ndim == 0, f"loss(batch) must return a scalar, got shape {tuple(loss.shape)}")
-        n = float(len(batch))
-        vals = {'loss': loss.detach().float() * n, **{k: torch.as_tensor(v, device=self.device).detach().float().mean() * n
-                                                        for k, v in terms.items()}}
-        vals['n'] = loss.new_tensor(n, dtype=torch.float32)
-        vals = self._reduce(vals)
-        value = (vals['loss'] / vals['n']).item()
-        if not math.isfinite(value): self._stop(f"non-finite loss ({value})", terms)
-        if self.guard.diverged(value):
-            self._stop(f"diverging loss ({value:.4g}, above the limit {self.guard.limit():.4g} set by its lowest moving "
-                       f"average {self.guard.lowest:.4g}; divergence_factor={self.cfg.divergence_factor:g})", terms)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)             # a no-op without fp16 loss scaling
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.grad_clip is not None: gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        else: gn = _total_norm(grads) if grads else torch.zeros((), device=self.device)
-        # with fp16 an infinite norm is expected now and then: the scaler skips that step itself
-        if not self.scaler.is_enabled() and not bool(torch.isfinite(gn)): self._stop(f"non-finite gradient norm ({gn.item()})", terms)
-        if self._candidate is not None: self.good_checkpoint, self._candidate = self._candidate, None   # confirmed
-        vals['grad_norm'] = gn.detach().float() * vals['n']
-        self.scaler.step(self.optimizer); self.scaler.update(); self.scheduler.step()
-        self.guard.update(value)
-        for k, v in vals.items(): self._sums[k] = self._sums.get(k, 0.) + v
-        self.step += 1; self.epoch_step += 1
-        if self.step % self.cfg.log_every == 0:
-            self.step_history.append({'step': self.step, 'epoch': self.epoch + 1, 'loss': value, 'kl_scale': self.model.kl_scale})
-        return value
+@patch
+def train_step(self: Trainer, batch: Batch) -> float:
+    "One optimiser step on `batch`; returns the (rank-averaged) loss. Stops before the update on a bad loss or gradient."
+    self.model.kl_scale = kl_warmup(self.step, self.warmup_steps)
+    self._batch = batch
+    with self._autocast(): loss, terms = self.loss_fn(batch)
+    check(loss.ndim == 0, f"loss(batch) must return a scalar, got shape {tuple(loss.shape)}")
+    n = float(len(batch))
+    vals = {'loss': loss.detach().float() * n, **{k: torch.as_tensor(v, device=self.device).detach().float().mean() * n
+                                                    for k, v in terms.items()}}
+    vals['n'] = loss.new_tensor(n, dtype=torch.float32)
+    vals = self._reduce(vals)
+    value = (vals['loss'] / vals['n']).item()
+    if not math.isfinite(value): self._stop(f"non-finite loss ({value})", terms)
+    if self.guard.diverged(value):
+        self._stop(f"diverging loss ({value:.4g}, above the limit {self.guard.limit():.4g} set by its lowest moving "
+                   f"average {self.guard.lowest:.4g}; divergence_factor={self.cfg.divergence_factor:g})", terms)
+    self.optimizer.zero_grad(set_to_none=True)
+    self.scaler.scale(loss).backward()
+    self.scaler.unscale_(self.optimizer)             # a no-op without fp16 loss scaling
+    grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+    if self.cfg.grad_clip is not None: gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+    else: gn = _total_norm(grads) if grads else torch.zeros((), device=self.device)
+    # with fp16 an infinite norm is expected now and then: the scaler skips that step itself
+    if not self.scaler.is_enabled() and not bool(torch.isfinite(gn)): self._stop(f"non-finite gradient norm ({gn.item()})", terms)
+    if self._candidate is not None: self.good_checkpoint, self._candidate = self._candidate, None   # confirmed
+    vals['grad_norm'] = gn.detach().float() * vals['n']
+    self.scaler.step(self.optimizer); self.scaler.update(); self.scheduler.step()
+    self.guard.update(value)
+    for k, v in vals.items(): self._sums[k] = self._sums.get(k, 0.) + v
+    self.step += 1; self.epoch_step += 1
+    if self.step % self.cfg.log_every == 0:
+        self.step_history.append({'step': self.step, 'epoch': self.epoch + 1, 'loss': value, 'kl_scale': self.model.kl_scale})
+    return value
 
-    def _stop(self, what: str, terms: dict | None = None, where: str | None = None):
-        "Raise `NonFiniteLossError`: what failed where, whether the inputs were finite, and the last good checkpoint."
-        where = where or (f"at step {self.step + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1} of "
-                          f"{self.steps_per_epoch})")
-        msg = f"{what} {where}"
-        if terms: msg += f"; loss terms: {_terms_line(terms)}"
-        msg += f"; kl_scale={self.model.kl_scale:.4g}, lr={self.optimizer.param_groups[0]['lr']:.4g}"
-        bad_params = nonfinite_state(self.model)
-        msg += f"; parameters now: {'non-finite (' + ', '.join(bad_params[:3]) + ')' if bad_params else 'finite'}"
-        if self._candidate is not None and self.ckpt is not None:  # the failing step was taken from it: not good
-            if self.is_main and self._candidate.exists(): msg += f"; {self._candidate.name}, from which it failed, renamed to " \
-                                                                  f"{self.ckpt.mark_bad(self._candidate).name}"
-            self._candidate = None
-        good = (f"last good checkpoint: {self.good_checkpoint} (resume continues from it)" if self.good_checkpoint else
-                "last good checkpoint: none (no checkpoint was confirmed by a later step; start again)")
-        inputs = nonfinite_inputs(self._batch)
-        if inputs: advice = (f"the batch's inputs are NOT finite ({inputs}): fix the data; a lower learning rate or clipping "
-                             "cannot help")
-        else: advice = ("the batch's inputs are finite, so the optimisation is the likely cause: resume with a lower learning "
-                        "rate or gradient clipping (--resume --set lr=... or --set grad_clip=...; in Python resume=True with "
-                        "config.replace(lr=...))")
-        raise NonFiniteLossError(f"{msg}; {good}; {advice}.")
+# %% ../nbs/05_train.ipynb #ae496f0e
+@patch
+def _stop(self: Trainer, what: str, terms: dict | None = None, where: str | None = None):
+    "Raise `NonFiniteLossError`: what failed where, whether the inputs were finite, and the last good checkpoint."
+    where = where or (f"at step {self.step + 1} (epoch {self.epoch + 1}, batch {self.epoch_step + 1} of "
+                      f"{self.steps_per_epoch})")
+    msg = f"{what} {where}"
+    if terms: msg += f"; loss terms: {_terms_line(terms)}"
+    msg += f"; kl_scale={self.model.kl_scale:.4g}, lr={self.optimizer.param_groups[0]['lr']:.4g}"
+    bad_params = nonfinite_state(self.model)
+    msg += f"; parameters now: {'non-finite (' + ', '.join(bad_params[:3]) + ')' if bad_params else 'finite'}"
+    if self._candidate is not None and self.ckpt is not None:  # the failing step was taken from it: not good
+        if self.is_main and self._candidate.exists(): msg += f"; {self._candidate.name}, from which it failed, renamed to " \
+                                                              f"{self.ckpt.mark_bad(self._candidate).name}"
+        self._candidate = None
+    good = (f"last good checkpoint: {self.good_checkpoint} (resume continues from it)" if self.good_checkpoint else
+            "last good checkpoint: none (no checkpoint was confirmed by a later step; start again)")
+    inputs = nonfinite_inputs(self._batch)
+    if inputs: advice = (f"the batch's inputs are NOT finite ({inputs}): fix the data; a lower learning rate or clipping "
+                         "cannot help")
+    else: advice = ("the batch's inputs are finite, so the optimisation is the likely cause: resume with a lower learning "
+                    "rate or gradient clipping (--resume --set lr=... or --set grad_clip=...; in Python resume=True with "
+                    "config.replace(lr=...))")
+    raise NonFiniteLossError(f"{msg}; {good}; {advice}.")
 
-    # --- evaluation --------------------------------------------------------------------------
-    def evaluate(self, it=None) -> dict:
-        "Mean loss and terms over `it` (default `valid_iter`) with `kl_scale = 1`, summed over ranks."
-        it = self.valid_iter if it is None else it
-        if it is None: return {}
-        # the bare model, not the DDP wrapper: ranks may hold different numbers of batches
-        sums = loss_sums(self.model, it, self.device, self._autocast)
-        if not sums: return {}
-        sums = self._reduce(sums)
-        return {k: (v / sums['n']).item() for k, v in sums.items() if k != 'n'}
+# %% ../nbs/05_train.ipynb #03f65324
+@patch
+def evaluate(self: Trainer, it=None) -> dict:
+    "Mean loss and terms over `it` (default `valid_iter`) with `kl_scale = 1`, summed over ranks."
+    it = self.valid_iter if it is None else it
+    if it is None: return {}
+    # the bare model, not the DDP wrapper: ranks may hold different numbers of batches
+    sums = loss_sums(self.model, it, self.device, self._autocast)
+    if not sums: return {}
+    sums = self._reduce(sums)
+    return {k: (v / sums['n']).item() for k, v in sums.items() if k != 'n'}
 
-    # --- epochs ------------------------------------------------------------------------------
-    def _log(self, msg: str):
-        if self.is_main and self.cfg.verbose: tqdm.write(msg)
+@patch
+def _log(self: Trainer, msg: str):
+    if self.is_main and self.cfg.verbose: tqdm.write(msg)
 
-    def _end_epoch(self, seconds: float) -> dict:
-        n = self._sums.pop('n')
-        row = {'epoch': self.epoch, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
-               'kl_scale': self.model.kl_scale, 'seconds': round(seconds, 3)}
-        row.update({f'train_{k}': (v / n).item() for k, v in self._sums.items()})
-        if self._note: row['resumed_with'], self._note = self._note, None
-        # evaluation draws its own noise (the same every epoch) and leaves the training streams untouched,
-        # so the trained parameters do not depend on whether or how often one evaluates
-        with preserved_rng(self.cfg.seed + 1_000_003):
-            row.update({f'valid_{k}': v for k, v in self.evaluate().items()})
-            if self.is_main:
-                for hook in self.eval_hooks:
-                    self.model.eval()
-                    with torch.no_grad(): row.update(hook(self) or {})
-                    self.model.train()
-        if self.world_size > 1: dist.barrier()
-        self._sums = {}
-        return row
+@patch
+def _end_epoch(self: Trainer, seconds: float) -> dict:
+    n = self._sums.pop('n')
+    row = {'epoch': self.epoch, 'step': self.step, 'lr': self.optimizer.param_groups[0]['lr'],
+           'kl_scale': self.model.kl_scale, 'seconds': round(seconds, 3)}
+    row.update({f'train_{k}': (v / n).item() for k, v in self._sums.items()})
+    if self._note: row['resumed_with'], self._note = self._note, None
+    # evaluation draws its own noise (the same every epoch) and leaves the training streams untouched,
+    # so the trained parameters do not depend on whether or how often one evaluates
+    with preserved_rng(self.cfg.seed + 1_000_003):
+        row.update({f'valid_{k}': v for k, v in self.evaluate().items()})
+        if self.is_main:
+            for hook in self.eval_hooks:
+                self.model.eval()
+                with torch.no_grad(): row.update(hook(self) or {})
+                self.model.train()
+    if self.world_size > 1: dist.barrier()
+    self._sums = {}
+    return row
 
-    def _record(self, row: dict):
-        self.history.append(row)
-        if not (self.is_main and self.out_dir): return
-        write_csv(self.history, self.out_dir / 'metrics.csv')
-        if self.step_history: write_csv(self.step_history, self.out_dir / 'steps.csv')
-        if self.cfg.tensorboard and importlib.util.find_spec('tensorboard') is not None:
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(self.out_dir / 'tensorboard')
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ('epoch', 'step'): self._tb.add_scalar(k, v, row['step'])
-            self._tb.flush()
+@patch
+def _record(self: Trainer, row: dict):
+    self.history.append(row)
+    if not (self.is_main and self.out_dir): return
+    write_csv(self.history, self.out_dir / 'metrics.csv')
+    if self.step_history: write_csv(self.step_history, self.out_dir / 'steps.csv')
+    if self.cfg.tensorboard and importlib.util.find_spec('tensorboard') is not None:
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(self.out_dir / 'tensorboard')
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k not in ('epoch', 'step'): self._tb.add_scalar(k, v, row['step'])
+        self._tb.flush()
 
-    def train_epoch(self):
-        "Train the rest of the current epoch (all of it unless resumed mid-epoch), then log and checkpoint."
-        self.model.train()
-        bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
-                   disable=not (self.cfg.progress and self.is_main), leave=False, dynamic_ncols=True, file=sys.stderr)
-        t0 = time.perf_counter()
-        # a checkpoint taken after an epoch's last batch resumes straight into the epoch's bookkeeping
-        # (the iterator may already point at the next epoch)
-        if self.epoch_step < self.steps_per_epoch:
-            for batch in self.train_iter:
-                batch = batch.to(self.device, non_blocking=True) if batch.device != self.device else batch
-                loss = self.train_step(batch)
-                bar.update(1)
-                if self.step % self.cfg.log_every == 0: bar.set_postfix(loss=f"{loss:.4g}", kl_scale=f"{self.model.kl_scale:.2f}")
-                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0: self.save_checkpoint()
-                if self.epoch_step >= self.steps_per_epoch: break
-        bar.close()
-        self.epoch += 1; self.epoch_step = 0
-        row = self._end_epoch(time.perf_counter() - t0)
-        self._record(row)
-        self._log(f"epoch {self.epoch}/{self.cfg.epochs} step {self.step}: " +
-                  ', '.join(f"{k}={v:.5g}" for k, v in row.items() if k.startswith(('train_loss', 'valid_loss'))))
-        if self.cfg.ckpt_each_epoch: self.save_checkpoint()
-        return row
+# %% ../nbs/05_train.ipynb #7a887b67
+@patch
+def train_epoch(self: Trainer):
+    "Train the rest of the current epoch (all of it unless resumed mid-epoch), then log and checkpoint."
+    self.model.train()
+    bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+               disable=not (self.cfg.progress and self.is_main), leave=False, dynamic_ncols=True, file=sys.stderr)
+    t0 = time.perf_counter()
+    # a checkpoint taken after an epoch's last batch resumes straight into the epoch's bookkeeping
+    # (the iterator may already point at the next epoch)
+    if self.epoch_step < self.steps_per_epoch:
+        for batch in self.train_iter:
+            batch = batch.to(self.device, non_blocking=True) if batch.device != self.device else batch
+            loss = self.train_step(batch)
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0: bar.set_postfix(loss=f"{loss:.4g}", kl_scale=f"{self.model.kl_scale:.2f}")
+            if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0: self.save_checkpoint()
+            if self.epoch_step >= self.steps_per_epoch: break
+    bar.close()
+    self.epoch += 1; self.epoch_step = 0
+    row = self._end_epoch(time.perf_counter() - t0)
+    self._record(row)
+    self._log(f"epoch {self.epoch}/{self.cfg.epochs} step {self.step}: " +
+              ', '.join(f"{k}={v:.5g}" for k, v in row.items() if k.startswith(('train_loss', 'valid_loss'))))
+    if self.cfg.ckpt_each_epoch: self.save_checkpoint()
+    return row
 
-    def fit(self, resume: bool = False) -> list:
-        "Train until `config.epochs`; with `resume`, continue from the newest checkpoint in `out_dir`. Returns the history."
-        lock = RunLock(self.out_dir) if self.out_dir is not None and self.is_main else None
-        with (lock or contextlib.nullcontext()):
-            if lock is not None and lock.stale: self._log(f"{self.out_dir}: took over the lock left by {lock.stale}")
-            if resume and self.resumed_from is None: self.resume()
-            if self.resumed_from is None:
-                if self.ckpt is not None and self.ckpt.paths() and self.is_main:
-                    self._log(f"starting afresh: removing {len(self.ckpt.paths())} old checkpoint(s) in {self.ckpt.dir}")
-                    self.ckpt.clear()
-                seed_everything(self.cfg.seed + self.rank)
-            if self.ckpt is not None: self.ckpt.remove_orphans()
-            try:
-                while self.epoch < self.cfg.epochs: self.train_epoch()
-                if self.ckpt is not None and (self.last_checkpoint is None or self.last_checkpoint != self.ckpt.path(self.step)):
-                    self.save_checkpoint()
-            except RuntimeError as e:
-                if self.world_size == 1 or not is_comm_failure(e): raise
-                raise DistributedTimeoutError(
-                    f"rank {self.rank}: the other processes did not answer within ddp_timeout={self.cfg.ddp_timeout:g} s "
-                    f"near step {self.step + 1} (epoch {self.epoch + 1}): one of them stalled or died "
-                    f"({str(e).splitlines()[0][:200]}). Last checkpoint: {self.last_checkpoint or 'none'}; resume from it "
-                    "once every process can run (raise ddp_timeout if one legitimately needs longer)") from e
-            finally:
-                if self._tb is not None: self._tb.close(); self._tb = None
-        return self.history
+@patch
+def fit(self: Trainer, resume: bool = False) -> list:
+    "Train until `config.epochs`; with `resume`, continue from the newest checkpoint in `out_dir`. Returns the history."
+    lock = RunLock(self.out_dir) if self.out_dir is not None and self.is_main else None
+    with (lock or contextlib.nullcontext()):
+        if lock is not None and lock.stale: self._log(f"{self.out_dir}: took over the lock left by {lock.stale}")
+        if resume and self.resumed_from is None: self.resume()
+        if self.resumed_from is None:
+            if self.ckpt is not None and self.ckpt.paths() and self.is_main:
+                self._log(f"starting afresh: removing {len(self.ckpt.paths())} old checkpoint(s) in {self.ckpt.dir}")
+                self.ckpt.clear()
+            seed_everything(self.cfg.seed + self.rank)
+        if self.ckpt is not None: self.ckpt.remove_orphans()
+        try:
+            while self.epoch < self.cfg.epochs: self.train_epoch()
+            if self.ckpt is not None and (self.last_checkpoint is None or self.last_checkpoint != self.ckpt.path(self.step)):
+                self.save_checkpoint()
+        except RuntimeError as e:
+            if self.world_size == 1 or not is_comm_failure(e): raise
+            raise DistributedTimeoutError(
+                f"rank {self.rank}: the other processes did not answer within ddp_timeout={self.cfg.ddp_timeout:g} s "
+                f"near step {self.step + 1} (epoch {self.epoch + 1}): one of them stalled or died "
+                f"({str(e).splitlines()[0][:200]}). Last checkpoint: {self.last_checkpoint or 'none'}; resume from it "
+                "once every process can run (raise ddp_timeout if one legitimately needs longer)") from e
+        finally:
+            if self._tb is not None: self._tb.close(); self._tb = None
+    return self.history
 
-    # --- checkpoints -------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        "Everything needed to continue this run exactly (generator states of this rank only)."
-        return {'format': 1, 'step': self.step, 'epoch': self.epoch, 'epoch_step': self.epoch_step,
-                'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
-                'data': _plain(self.train_iter.state_dict()),
-                'valid_data': _plain(self.valid_iter.state_dict()) if hasattr(self.valid_iter, 'state_dict') else None,
-                'sums': {k: float(v) for k, v in self._sums.items()}, 'history': list(self.history),
-                'step_history': list(self.step_history), 'guard': self.guard.state_dict(),
-                'good_checkpoint': self.good_checkpoint.name if self.good_checkpoint else None, 'changes': list(self.changes),
-                'config': self.cfg.to_dict(), 'world_size': self.world_size, 'rng': [rng_state()]}
+# %% ../nbs/05_train.ipynb #76610085
+@patch
+def state_dict(self: Trainer) -> dict:
+    "Everything needed to continue this run exactly (generator states of this rank only)."
+    return {'format': 1, 'step': self.step, 'epoch': self.epoch, 'epoch_step': self.epoch_step,
+            'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
+            'data': _plain(self.train_iter.state_dict()),
+            'valid_data': _plain(self.valid_iter.state_dict()) if hasattr(self.valid_iter, 'state_dict') else None,
+            'sums': {k: float(v) for k, v in self._sums.items()}, 'history': list(self.history),
+            'step_history': list(self.step_history), 'guard': self.guard.state_dict(),
+            'good_checkpoint': self.good_checkpoint.name if self.good_checkpoint else None, 'changes': list(self.changes),
+            'config': self.cfg.to_dict(), 'world_size': self.world_size, 'rng': [rng_state()]}
 
-    def save_checkpoint(self) -> Path | None:
-        "Write a checkpoint of the current step if its state is finite (rank 0 writes; every rank's generator state is included)."
-        if self.ckpt is None: return None
-        bad = nonfinite_state(self.model, self.optimizer)
-        if bad: self._stop(f"non-finite state ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) produced by an update "
-                           "whose loss and gradients were finite; no checkpoint written", where=f"after step {self.step}")
-        state = self.state_dict()
-        if self.world_size > 1:
-            rngs = [None] * self.world_size
-            dist.all_gather_object(rngs, state['rng'][0]); state['rng'] = rngs
-        if self.is_main: self.ckpt.save(state, self.step, protect=self.good_checkpoint)
-        if self.world_size > 1: dist.barrier()
-        self.last_checkpoint = self._candidate = self.ckpt.path(self.step)
-        return self.last_checkpoint
+@patch
+def save_checkpoint(self: Trainer) -> Path | None:
+    "Write a checkpoint of the current step if its state is finite (rank 0 writes; every rank's generator state is included)."
+    if self.ckpt is None: return None
+    bad = nonfinite_state(self.model, self.optimizer)
+    if bad: self._stop(f"non-finite state ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) produced by an update "
+                       "whose loss and gradients were finite; no checkpoint written", where=f"after step {self.step}")
+    state = self.state_dict()
+    if self.world_size > 1:
+        rngs = [None] * self.world_size
+        dist.all_gather_object(rngs, state['rng'][0]); state['rng'] = rngs
+    if self.is_main: self.ckpt.save(state, self.step, protect=self.good_checkpoint)
+    if self.world_size > 1: dist.barrier()
+    self.last_checkpoint = self._candidate = self.ckpt.path(self.step)
+    return self.last_checkpoint
 
-    def load_state_dict(self, state: dict):
-        "Restore a checkpoint's state (see `state_dict`); the generators last."
-        check(state.get('format') == 1, f"unknown checkpoint format {state.get('format')!r}")
-        self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer']); self.scheduler.load_state_dict(state['scheduler'])
-        self.scaler.load_state_dict(state['scaler'])
-        self.train_iter.load_state_dict(rescale_data_state(state['data'], self.rank, self.world_size))
-        if state.get('valid_data') is not None and hasattr(self.valid_iter, 'load_state_dict'):
-            self.valid_iter.load_state_dict(state['valid_data'])
-        self.step, self.epoch, self.epoch_step = state['step'], state['epoch'], state['epoch_step']
-        self._sums = {k: torch.tensor(v, device=self.device, dtype=torch.float32) for k, v in state['sums'].items()}
-        self.history, self.step_history = list(state['history']), list(state['step_history'])
-        if state.get('guard'): self.guard.load_state_dict(state['guard'])
-        self.changes = list(state.get('changes', []))
-        rngs = state['rng']
-        if len(rngs) == self.world_size: set_rng_state(rngs[self.rank])
-        else:
-            warnings.warn(f"checkpoint written by {len(rngs)} process(es), resumed on {self.world_size}: the data order "
-                          "continues exactly but the random generators are re-seeded, so random draws differ from an "
-                          "uninterrupted run")
-            seed_everything(self.cfg.seed + 7919 * self.step + self.rank)
+# %% ../nbs/05_train.ipynb #b3ee5898
+@patch
+def load_state_dict(self: Trainer, state: dict):
+    "Restore a checkpoint's state (see `state_dict`); the generators last."
+    check(state.get('format') == 1, f"unknown checkpoint format {state.get('format')!r}")
+    self.model.load_state_dict(state['model'])
+    self.optimizer.load_state_dict(state['optimizer']); self.scheduler.load_state_dict(state['scheduler'])
+    self.scaler.load_state_dict(state['scaler'])
+    self.train_iter.load_state_dict(rescale_data_state(state['data'], self.rank, self.world_size))
+    if state.get('valid_data') is not None and hasattr(self.valid_iter, 'load_state_dict'):
+        self.valid_iter.load_state_dict(state['valid_data'])
+    self.step, self.epoch, self.epoch_step = state['step'], state['epoch'], state['epoch_step']
+    self._sums = {k: torch.tensor(v, device=self.device, dtype=torch.float32) for k, v in state['sums'].items()}
+    self.history, self.step_history = list(state['history']), list(state['step_history'])
+    if state.get('guard'): self.guard.load_state_dict(state['guard'])
+    self.changes = list(state.get('changes', []))
+    rngs = state['rng']
+    if len(rngs) == self.world_size: set_rng_state(rngs[self.rank])
+    else:
+        warnings.warn(f"checkpoint written by {len(rngs)} process(es), resumed on {self.world_size}: the data order "
+                      "continues exactly but the random generators are re-seeded, so random draws differ from an "
+                      "uninterrupted run")
+        seed_everything(self.cfg.seed + 7919 * self.step + self.rank)
 
-    def resume(self) -> bool:
-        "Continue from the newest readable checkpoint of `out_dir`, checked against this run first; False when there is none."
-        if self.ckpt is None: return False
-        # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest to the device
-        path, state = self.ckpt.load_latest(map_location='cpu')          # CheckpointError when none can be read
-        if path is None:
-            self._log(f"no checkpoint in {self.ckpt.dir}: starting afresh"); return False
-        check(isinstance(state, dict) and state.get('format') == 1, f"checkpoint {path} is not a trainer checkpoint "
-              f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})", CheckpointError)
-        changes = resume_changes(state.get('config', {}), self.cfg, f"from {path}")
-        done = state['epoch'] + (state['epoch_step'] > 0)
-        check(self.cfg.epochs >= done, f"cannot resume from {path} with epochs={self.cfg.epochs}: the run has already "
-              f"trained {'into ' if state['epoch_step'] else ''}epoch {done}", CheckpointError)
-        try: self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-            raise CheckpointError(f"checkpoint {path} does not fit this run: {type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:300]}; nothing was changed") from e
-        self.guard.factor = self.cfg.divergence_factor
-        good = state.get('good_checkpoint')
-        self.good_checkpoint = self.ckpt.dir / good if good and (self.ckpt.dir / good).exists() else None
-        self.last_checkpoint = self._candidate = self.resumed_from = path
-        if changes:
-            if 'lr' in changes or 'epochs' in changes:
-                apply_lr_changes(self.optimizer, self.scheduler, self.cfg, self.steps_per_epoch)
-            self._note = ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) + f" (at step {self.step})"
-            self.changes.append({'step': self.step, 'epoch': self.epoch, 'changes': {k: list(v) for k, v in changes.items()}})
-        self._log(f"resumed from {path} (epoch {self.epoch}, step {self.step})" + (f"; changed: {self._note}" if changes else ''))
-        return True
+@patch
+def resume(self: Trainer) -> bool:
+    "Continue from the newest readable checkpoint of `out_dir`, checked against this run first; False when there is none."
+    if self.ckpt is None: return False
+    # on the CPU: generator states must stay CPU tensors; load_state_dict moves the rest to the device
+    path, state = self.ckpt.load_latest(map_location='cpu')          # CheckpointError when none can be read
+    if path is None:
+        self._log(f"no checkpoint in {self.ckpt.dir}: starting afresh"); return False
+    check(isinstance(state, dict) and state.get('format') == 1, f"checkpoint {path} is not a trainer checkpoint "
+          f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})", CheckpointError)
+    changes = resume_changes(state.get('config', {}), self.cfg, f"from {path}")
+    done = state['epoch'] + (state['epoch_step'] > 0)
+    check(self.cfg.epochs >= done, f"cannot resume from {path} with epochs={self.cfg.epochs}: the run has already "
+          f"trained {'into ' if state['epoch_step'] else ''}epoch {done}", CheckpointError)
+    try: self.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this run: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:300]}; nothing was changed") from e
+    self.guard.factor = self.cfg.divergence_factor
+    good = state.get('good_checkpoint')
+    self.good_checkpoint = self.ckpt.dir / good if good and (self.ckpt.dir / good).exists() else None
+    self.last_checkpoint = self._candidate = self.resumed_from = path
+    if changes:
+        if 'lr' in changes or 'epochs' in changes:
+            apply_lr_changes(self.optimizer, self.scheduler, self.cfg, self.steps_per_epoch)
+        self._note = ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) + f" (at step {self.step})"
+        self.changes.append({'step': self.step, 'epoch': self.epoch, 'changes': {k: list(v) for k, v in changes.items()}})
+    self._log(f"resumed from {path} (epoch {self.epoch}, step {self.step})" + (f"; changed: {self._note}" if changes else ''))
+    return True
