@@ -1,4 +1,4 @@
-"Independent checks of mmvae_nb.metrics: known-answer fake models, the linear-Gaussian likelihood, chunking, CCA, caching, tables."
+"Independent checks of the metrics modules (classifiers, coherence, likelihoods, relatedness, evaluation): known-answer fake models, the linear-Gaussian likelihood, chunking, CCA, caching, tables."
 import csv
 import math
 import warnings

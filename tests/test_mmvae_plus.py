@@ -235,7 +235,7 @@ def training_curve(model, S):
 
 
 def iwae_curve(model, S, proposal, prior=None):
-    "`iwae_log_likelihood` (06_metrics) over R copies per K, with `proposal` (and optionally `prior`) as the model's."
+    "`iwae_log_likelihood` (06c_likelihoods) over R copies per K, with `proposal` (and optionally `prior`) as the model's."
     b = lg_batch(S, R)
     with patch.object(model, 'joint_posterior', proposal), patch.object(model, 'importance_proposal', proposal), \
             patch.object(model, 'prior', prior or model.prior):
