@@ -36,7 +36,7 @@ def _run_flags() -> argparse.ArgumentParser:
                         "and replaces the folder's checkpoints")
     g.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help="change one config field (repeatable), e.g. --set epochs=2 --set lr=5e-4; values are read as JSON "
-                        "when possible")
+                        "when possible; a dotted key sets one entry of a dict field: --set model_kwargs.objective=iwae")
     g.add_argument('--config', help="an ExperimentConfig JSON file (e.g. a run's config.json) instead of a named experiment")
     g.add_argument('--dataset', help="shorthand for --set dataset=...: a registered dataset or 'module:loader', e.g. "
                                      "mymod:loader (a module beside the command is found from the working directory)")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_experiments.ipynb #34fe79aa
 from __future__ import annotations
-import contextlib, dataclasses, importlib, inspect, json, math, platform, shutil, time, warnings
+import contextlib, copy, dataclasses, importlib, inspect, json, math, platform, shutil, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -430,9 +430,19 @@ def validate_config(cfg: ExperimentConfig, experiment: Experiment | None = None)
 
 def apply_overrides(cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
     "`cfg` with `overrides`; a new `model` resets `model_kwargs` and `K`, a new `dataset` its `dataset_kwargs`, unless given too."
-    o = dict(overrides or {})
+    o = {k: v for k, v in (overrides or {}).items() if '.' not in k}
     if o.get('model', cfg.model) != cfg.model: o.setdefault('model_kwargs', {}); o.setdefault('K', None)
     if o.get('dataset', cfg.dataset) != cfg.dataset: o.setdefault('dataset_kwargs', {})
+    for key, value in (overrides or {}).items():       # dotted keys last: one entry of the (possibly reset) dict field
+        if '.' not in key: continue
+        name, *path = key.split('.')
+        d = o[name] = copy.deepcopy(o.get(name, getattr(cfg, name)))
+        check(isinstance(d, dict), f"override {key!r}: {name} is not a dict (a dotted key sets one entry of a dict field "
+              f"such as model_kwargs); use --set {name}=VALUE")
+        for part in path[:-1]:
+            d = d.setdefault(part, {})
+            check(isinstance(d, dict), f"override {key!r}: {part!r} in {name} is not a dict")
+        d[path[-1]] = value
     return cfg.replace(**o) if o else cfg
 
 def check_resumable(cfg: ExperimentConfig, out_dir):

@@ -138,12 +138,12 @@ def replace(self: TrainConfig, **changes):
 
 # %% ../nbs/05_train.ipynb #eef09cdb
 def parse_overrides(pairs: Sequence[str], cls=TrainConfig) -> dict:
-    "`['lr=1e-4', 'amp=true']` -> `{'lr': 1e-4, 'amp': True}`, checking each key is a field of `cls`."
+    "`['lr=1e-4', 'amp=true']` -> `{'lr': 1e-4, 'amp': True}`, checking each key (or a dotted key's first part) is a field of `cls`."
     names, out = {f.name for f in fields(cls)}, {}
     for p in pairs:
         check('=' in p, f"override {p!r} must look like key=value")
         k, v = p.split('=', 1); k = k.strip().replace('-', '_')
-        check(k in names, f"unknown {cls.__name__} key {k!r} in override {p!r}; valid keys: {sorted(names)}")
+        check(k.split('.')[0] in names, f"unknown {cls.__name__} key {k!r} in override {p!r}; valid keys: {sorted(names)}")
         try: out[k] = json.loads(v)
         except json.JSONDecodeError: out[k] = v
     return out

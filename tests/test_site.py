@@ -1,5 +1,5 @@
 """The documentation site (`make docs`) in headless chromium: the index, a chapter and an assignment load offline,
-show their titles, the chapter a figure and its rendered math, and no page loads anything from another host.
+show their titles and a figure each, the chapter its rendered math, and no page loads anything from another host.
 
 Uses the built `site/` (or `$MMVAE_NB_SITE`) when present, else builds a mini site (index + one chapter + one
 assignment, ~30 s). Skips, with the reason, without chromium or the docs dependencies (docs/requirements.txt)."""
@@ -93,6 +93,7 @@ def test_index(site, base_url, tmp_path):
     assert h1_text(dom) == test_title == 'mmvae_nb'
     assert '<title>mmvae_nb</title>' in dom
     assert re.search(r'href="\./\d\w*\.html"', dom), 'the index links no chapter page'
+    assert figures(dom, site, 'index.html'), 'the index shows no figure'
 
 
 def test_chapter_page(site, base_url, tmp_path):
@@ -114,6 +115,7 @@ def test_assignment_page(site, base_url, tmp_path):
     dom = rendered_dom(f'{base_url}/assignments/{page.name}', tmp_path)
     assert h1_text(dom) == title_of(build_site.NBS / 'assignments' / f'{page.stem}.ipynb')
     assert 'NotImplementedError' in dom and 'BEGIN SOLUTION' not in dom, 'not the student version'
+    assert figures(dom, site, f'assignments/{page.name}'), 'the assignment page shows no figure'
     assert f'href="./{page.stem}.ipynb"' in dom and (site / 'assignments' / f'{page.stem}.ipynb').exists(), \
         'the student notebook is not downloadable'
     student = json.loads((site / 'assignments' / f'{page.stem}.ipynb').read_text())
