@@ -15,12 +15,12 @@ from .train import (TrainConfig, Trainer, CheckpointManager, RunLock, init_distr
 
 # %% auto #0
 __all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'CPU_EVAL', 'JMVAE_CITE',
-           'DEMO_FULL', 'NARROW_STREET', 'DEMO', 'NEUTRAL_FIELDS', 'CUSTOM', 'ExperimentConfig', 'mmvae_plus',
-           'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics', 'as_rows',
-           'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement', 'unmeasured_table',
-           'Experiment', 'register', 'likelihood_trend', 'trend_table', 'validate_config', 'apply_overrides',
-           'check_resumable', 'train', 'load_run', 'report_experiment', 'evaluate', 'changes', 'write_report',
-           'reproduce', 'chapter_runs_dir', 'chapter_run']
+           'DEMO_FULL', 'NARROW_STREET', 'DEMO', 'NEUTRAL_FIELDS', 'CHAPTER_RUN', 'CUSTOM', 'ExperimentConfig',
+           'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics',
+           'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement',
+           'unmeasured_table', 'Experiment', 'register', 'likelihood_trend', 'trend_table', 'validate_config',
+           'apply_overrides', 'check_resumable', 'train', 'load_run', 'report_experiment', 'evaluate', 'changes',
+           'write_report', 'reproduce', 'chapter_runs_dir', 'chapter_run']
 
 # %% ../nbs/10_experiments.ipynb #c58b9096
 SCALES = ('paper', 'cpu', 'custom')
@@ -613,6 +613,12 @@ def chapter_runs_dir() -> Path:
     "Where the chapters' cached runs live: `<user cache>/mmvae_nb/chapter_runs` (never inside the repository)."
     import platformdirs
     return Path(platformdirs.user_cache_dir('mmvae_nb')) / 'chapter_runs'
+
+# the model chapters' demonstration runs (04b, 04c, 04g): the demo's modality settings, 5 epochs of 8,192 pairs, batch 32
+CHAPTER_RUN = dict(dataset='synthetic_digits', n_train=8192, n_test=64, latent_dim=20, batch_size=32, epochs=5, lr=2e-3,
+                   modality_kwargs={'likelihood': 'normal', 'likelihood_scale': 0.1, 'weight': {'pen': 3.0, 'street': 1.0},
+                                    'arch': {'street': 'svhn_cnn_bn'}, 'hidden': {'street': [16, 32, 64]}},
+                   progress=False, verbose=False, tensorboard=False)
 
 def chapter_run(cfg: ExperimentConfig, name: str, device=None, data_root=None, root=None) -> tuple:
     "(trainer, data) of `cfg` in `<root>/<name>` (default root: `chapter_runs_dir()`): a finished run loaded, a shorter one continued."

@@ -129,3 +129,40 @@ def test_assignment_both_ways(stem, tmp_path, monkeypatch, capsys):
         got = [json.loads(l) for l in log.read_text().splitlines()]
         assert len(got) >= 6 and all(r['passed'] == (who == 'solution') for r in got), (who, got)
         assert who == 'solution' or {r['message'] for r in got} == {'not implemented yet'}
+
+
+# ---- grading a folder of submissions ---------------------------------------------------------------------------
+
+def _submission(student_nb: Path, out: Path, body: str):
+    "The student version with the function body replaced by `body` (what a student hands in)."
+    nb = json.loads(student_nb.read_text())
+    for c in nb['cells']:
+        c['source'] = ''.join(c['source']).replace("raise NotImplementedError('your code here')", body).splitlines(True)
+    out.write_text(json.dumps(nb))
+
+
+def test_grade_a_folder(tmp_path):
+    "One correct, one wrong (the naive formula), one that raises, one that loops: the CSV has what each deserves."
+    import csv
+    from mmvae_nb.grading import grade
+    student = make_student(ASSIGNMENTS / '01_log_sum_exp.ipynb', tmp_path / 'student.ipynb')
+    sub = tmp_path / 'submissions'; sub.mkdir()
+    _submission(student, sub / 'correct.ipynb', "m = x.detach().amax(dim, keepdim=True)\n"
+                "    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))\n"
+                "    return (m + torch.log(torch.exp(x - m).sum(dim, keepdim=True))).squeeze(dim)")
+    _submission(student, sub / 'naive.ipynb', "return torch.log(torch.exp(x).sum(dim))")
+    _submission(student, sub / 'raises.ipynb', "raise ValueError('I gave up')")
+    _submission(student, sub / 'loops.ipynb', "while True: pass")
+    rows = grade(sub, tmp_path / 'grades.csv', timeout=20)
+    table = list(csv.DictReader((tmp_path / 'grades.csv').open()))
+    assert [dict(r, passed=str(r['passed'])) for r in rows] == table        # what it returns is what it wrote
+    by = {}
+    for r in table: by.setdefault(r['student'], {})[r['check']] = (r['passed'] == 'True', r['message'])
+    assert set(by) == {'correct', 'naive', 'raises', 'loops'}
+    assert len(by['correct']) >= 4 and all(ok for ok, _ in by['correct'].values())
+    naive_failed = {c for c, (ok, _) in by['naive'].items() if not ok}
+    assert 'no overflow' in naive_failed and 'value' not in naive_failed   # right on small inputs, wrong on large ones
+    assert by['raises'] and not any(ok for ok, _ in by['raises'].values())
+    assert any('ValueError' in m or 'I gave up' in m for _, m in by['raises'].values()), by['raises']
+    assert by['loops'] == {'notebook ran': (False, 'stopped after 20 s (time limit)')}
+    assert not list(tmp_path.glob('grades.*.jsonl'))                       # no per-student leftovers
