@@ -252,6 +252,7 @@ class LookupClassifier(nn.Module):
 
 MIN_CLASSIFIER_STEPS = 200   # at least this many Adam steps, however small the training set
 
+# %% ../nbs/06_classifiers.ipynb #d4ca1a33
 def train_classifier(dataset, name: str, epochs: int = 30, test=None, batch_size: int = 256, lr: float = 1e-3,
                      seed: int = 0, device=None, arch: str | None = None, holdout: float = 0.1,
                      verbose: bool = False) -> Classifier:

@@ -114,6 +114,7 @@ def cmd_list(args):
         if 'cpu' in e.configs: print(textwrap.fill(f"cpu reduction: {e.configs['cpu'].reduction}", 100,
                                                    initial_indent='  ', subsequent_indent='    '))
 
+# %% ../nbs/10a_cli.ipynb #24887d0b
 def cmd_show(args):
     check(args.experiment in EXPERIMENTS, f"unknown experiment {args.experiment!r}; known: {sorted(EXPERIMENTS)}")
     cfg = EXPERIMENTS[args.experiment].config(args.scale or _default_scale(args.experiment))
@@ -140,6 +141,7 @@ def cmd_demo(args):
 
 COMMANDS = {'list': cmd_list, 'show': cmd_show, 'train': cmd_train, 'eval': cmd_eval, 'reproduce': cmd_reproduce, 'demo': cmd_demo}
 
+# %% ../nbs/10a_cli.ipynb #eb5410b7
 def main(argv=None) -> int:
     "Entry point of `mmvae-nb`: parse `argv` (default `sys.argv[1:]`), run the command, return the exit status."
     args = make_parser().parse_args(argv)

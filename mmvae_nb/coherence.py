@@ -61,6 +61,7 @@ def input_subsets(names: Sequence[str]) -> list:
     names = list(names)
     return [(n,) for n in names] if len(names) <= 2 else all_subsets(names)
 
+# %% ../nbs/06b_coherence.ipynb #3b9524ac
 def cross_coherence_matrix(model, dataset, classifiers: Mapping, subsets=None, targets=None, batch_size: int = 256,
                      n: int | None = None, sample: bool = True, seed: int | None = 0) -> list:
     "Coherence of every input subset -> every target with a classifier (rows; metric 'self_coherence' when target in subset)."
@@ -158,6 +159,7 @@ def latent_accuracy_linear(model, train, test, given, epochs: int = 30, lr: floa
     return result_row('latent_accuracy', acc, 'mmvae_linear', given, 'label', len(y_te),
                       detail=f'nn.Linear on 1 posterior sample per item, Adam {lr:g}, {epochs} epochs, {len(y_tr)} train items')
 
+# %% ../nbs/06b_coherence.ipynb #599dbece
 def latent_accuracy_logreg(model, train, test, given, n_train: int = 500, seed: int | None = 0,
                            max_iter: int = 1000) -> dict:
     "MoPoE protocol: LogisticRegression(lbfgs, max_iter=1000) on posterior means of `n_train` random train items; a result row."

@@ -55,6 +55,7 @@ def _fmt(v, digits: int = 3) -> str:
     if isinstance(v, float): return 'nan' if math.isnan(v) else f"{v:.{digits}f}"
     return str(v)
 
+# %% ../nbs/06e_evaluation.ipynb #4583591e
 def write_table(rows: Sequence[Mapping], path_stem, paper: Mapping | None = None, scale: str = 'cpu',
                 digits: int = 3) -> tuple[Path, Path]:
     "Write `rows` as `path_stem`.csv (every field) and .md (paper value beside ours at `scale`); atomic; returns both paths."

@@ -428,6 +428,7 @@ def validate_config(cfg: ExperimentConfig, experiment: Experiment | None = None)
         unknown = sorted(set(cfg.eval_kwargs) - set(METRICS_DEFAULTS))
         check(not unknown, f"unknown key(s) {unknown} in eval_kwargs; the 'metrics' evaluator accepts {sorted(METRICS_DEFAULTS)}")
 
+# %% ../nbs/10_experiments.ipynb #81ba7ef4
 def apply_overrides(cfg: ExperimentConfig, overrides: dict) -> ExperimentConfig:
     "`cfg` with `overrides`; a new `model` resets `model_kwargs` and `K`, a new `dataset` its `dataset_kwargs`, unless given too."
     o = {k: v for k, v in (overrides or {}).items() if '.' not in k}
@@ -548,6 +549,7 @@ def evaluate(out_dir, device=None, data_root=None, experiment: Experiment | None
 NEUTRAL_FIELDS = ('progress', 'verbose', 'tensorboard', 'ckpt_every', 'ckpt_each_epoch', 'ckpt_keep', 'log_every', 'seed',
                   'divergence_factor', 'ddp_timeout')
 
+# %% ../nbs/10_experiments.ipynb #e5c860b3
 def changes(cfg: ExperimentConfig) -> dict:
     "Fields of `cfg` that differ from its registered experiment at its scale (those that cannot change results aside)."
     exp = EXPERIMENTS.get(cfg.name)

@@ -163,6 +163,7 @@ def class_distance_matrix(d: torch.Tensor, labels_s: torch.Tensor, labels_t: tor
     sums, counts = Ys.T @ d @ Yt, Ys.sum(0)[:, None] * Yt.sum(0)[None, :]
     return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float('nan')))
 
+# %% ../nbs/06d_relatedness.ipynb #23ad56d6
 @torch.no_grad()
 def relatedness(model, dataset, source: str, target: str, batch_size: int = 128, n_batches: int | None = 10,
                 related_by: str = 'label', seed: int | None = 0) -> dict:
@@ -201,6 +202,7 @@ def relatedness_rows(res: dict) -> list:
             result_row('w2_unrelated_mean', float(np.mean(res['unrelated'])), p, res['source'], res['target'], len(res['unrelated'])),
             result_row('w2_auc', res['auc'], p, res['source'], res['target'], n)]
 
+# %% ../nbs/06d_relatedness.ipynb #c1518ae2
 def dendrogram_linkage(K, method: str = 'average') -> np.ndarray:
     "scipy linkage of the classes from the class distance matrix, symmetrised, diagonal ignored."
     from scipy.cluster.hierarchy import linkage

@@ -198,6 +198,7 @@ def run_partial(exp, cfg: ExperimentConfig, out_dir, device=None, data_root=None
     print(f"report: {out_dir / 'report.md'}", flush=True)
     return out_dir
 
+# %% ../../nbs/07a_meme_reproduction.ipynb #ca790be8
 def runs_table(out_dir, walls: dict) -> str:
     "Markdown section of a study's runs: training and evaluation seconds (from each run's report.md) and this call's."
     secs = {k: run_seconds(Path(out_dir) / k) for k in walls}
