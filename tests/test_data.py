@@ -15,9 +15,11 @@ import mmvae_nb.data as D
 
 # ---------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope='session', autouse=True)
+@pytest.fixture(scope='module', autouse=True)
 def session_cache(tmp_path_factory):
-    "A session-wide temporary cache so the developer's cache is never touched."
+    """A temporary cache for this module's tests so the developer's cache is never touched. Module scope: a session
+    fixture would stay set after this module, and send every later test of the worker (the reference classifiers')
+    to a throw-away cache."""
     with pytest.MonkeyPatch.context() as mp:
         d = tmp_path_factory.mktemp('mmvae_cache')
         mp.setenv('MMVAE_NB_CACHE', str(d))
