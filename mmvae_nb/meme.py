@@ -8,6 +8,7 @@ import math
 from typing import Sequence
 import torch
 from torch import nn
+from fastcore.basics import patch
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal, kl_divergence
 from .core import Batch, ModalitySpec, check
 from .models import Modality, MultimodalVAE, UniformMixture, posterior_dist
@@ -133,56 +134,65 @@ class MEME(MultimodalVAE):
         extra = dict(likelihood_scale=1.0) if variant == 'code' else {}
         return cls(build_modalities(specs, latent_dim, **extra), latent_dim, **{**(CODE_OPTIONS if variant == 'code' else {}), **kw})
 
-    def pseudo_samples(self, name: str) -> torch.Tensor:
-        "The N pseudo-samples $u_i$ of modality `name`."
-        return self.pseudo[name] if name in self.pseudo else getattr(self, f'pseudo_ids_{name}')
+# %% ../nbs/07_meme.ipynb #ad587456
+@patch
+def pseudo_samples(self: MEME, name: str) -> torch.Tensor:
+    "The N pseudo-samples $u_i$ of modality `name`."
+    return self.pseudo[name] if name in self.pseudo else getattr(self, f'pseudo_ids_{name}')
 
-    @torch.no_grad()
-    def init_from_first_batch(self, batch: Batch):
-        "With `init_pseudo='first_batch'`: set each pending modality's pseudo-samples to the items its first training batch observes."
-        if getattr(self, '_pseudo_done', False) or not self.training or self.pseudo_pending.device.type == 'meta': return
-        if not bool(self.pseudo_pending.any()): self._pseudo_done = True; return      # one host sync per model, not per step
-        for k, n in enumerate(self.names):
-            if not bool(self.pseudo_pending[k]) or n not in batch.data or not bool(batch.observed(n).any()): continue
-            self.init_pseudo_samples({n: batch.data[n][batch.observed(n)]})
-            # every rank starts from rank 0's items (assumes every rank's first batch observes `n`, as MEME's schemes give)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.broadcast(self.pseudo_samples(n).data, 0)
-            self.pseudo_pending[k] = False
+@patch
+@torch.no_grad()
+def init_from_first_batch(self: MEME, batch: Batch):
+    "With `init_pseudo='first_batch'`: set each pending modality's pseudo-samples to the items its first training batch observes."
+    if getattr(self, '_pseudo_done', False) or not self.training or self.pseudo_pending.device.type == 'meta': return
+    if not bool(self.pseudo_pending.any()): self._pseudo_done = True; return      # one host sync per model, not per step
+    for k, n in enumerate(self.names):
+        if not bool(self.pseudo_pending[k]) or n not in batch.data or not bool(batch.observed(n).any()): continue
+        self.init_pseudo_samples({n: batch.data[n][batch.observed(n)]})
+        # every rank starts from rank 0's items (assumes every rank's first batch observes `n`, as MEME's schemes give)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.pseudo_samples(n).data, 0)
+        self.pseudo_pending[k] = False
 
-    @torch.no_grad()
-    def init_pseudo_samples(self, data: dict):
-        "Set each modality's pseudo-samples to its first N items in `data` (name -> (n, *shape); uint8 images scaled to [0, 1]), as the authors' code does with its first batch."
-        for n, x in data.items():
-            u = self.pseudo_samples(n)
-            check(len(x) >= 1 and tuple(x.shape[1:]) == tuple(u.shape[1:]), f"pseudo-samples of {n!r} need items of shape {tuple(u.shape[1:])}; got {tuple(x.shape)}")
-            x = x[torch.arange(len(u), device=x.device) % len(x)]
-            if x.dtype == torch.uint8 and self.mods[n].spec.kind == 'image': x = x.float() / 255   # raw images, as `MultimodalDataset.batch`
-            u.copy_(x.to(u))
-            self.pseudo_pending[self.names.index(n)] = False
+@patch
+@torch.no_grad()
+def init_pseudo_samples(self: MEME, data: dict):
+    "Set each modality's pseudo-samples to its first N items in `data` (name -> (n, *shape); uint8 images scaled to [0, 1]), as the authors' code does with its first batch."
+    for n, x in data.items():
+        u = self.pseudo_samples(n)
+        check(len(x) >= 1 and tuple(x.shape[1:]) == tuple(u.shape[1:]), f"pseudo-samples of {n!r} need items of shape {tuple(u.shape[1:])}; got {tuple(x.shape)}")
+        x = x[torch.arange(len(u), device=x.device) % len(x)]
+        if x.dtype == torch.uint8 and self.mods[n].spec.kind == 'image': x = x.float() / 255   # raw images, as `MultimodalDataset.batch`
+        u.copy_(x.to(u))
+        self.pseudo_pending[self.names.index(n)] = False
 
-    def posterior(self, name: str, x: torch.Tensor) -> Distribution:
-        "$q(z\\mid x)$ of modality `name`, in at least float32 (the ratio of App. B is exponentially sensitive)."
-        loc, raw = self.mods[name].encode(x)
-        dt = torch.promote_types(loc.dtype, torch.float32)
-        return posterior_dist(loc.to(dt), raw.to(dt), 'normal')
+# %% ../nbs/07_meme.ipynb #04e7e145
+@patch
+def posterior(self: MEME, name: str, x: torch.Tensor) -> Distribution:
+    "$q(z\\mid x)$ of modality `name`, in at least float32 (the ratio of App. B is exponentially sensitive)."
+    loc, raw = self.mods[name].encode(x)
+    dt = torch.promote_types(loc.dtype, torch.float32)
+    return posterior_dist(loc.to(dt), raw.to(dt), 'normal')
 
-    def pseudo_prior(self, name: str):
-        "(locs, scales), each (N, D): the components of $p_\\lambda(z)$ = name's encoder at its pseudo-samples."
-        q = self.posterior(name, self.pseudo_samples(name)).base_dist
-        return q.loc, q.scale
+@patch
+def pseudo_prior(self: MEME, name: str):
+    "(locs, scales), each (N, D): the components of $p_\\lambda(z)$ = name's encoder at its pseudo-samples."
+    q = self.posterior(name, self.pseudo_samples(name)).base_dist
+    return q.loc, q.scale
 
-    def prior(self) -> Distribution:
-        "$p(z)\\approx$ the uniform mixture of both modalities' pseudo-sample priors (2N components)."
-        locs, scales = zip(*(self.pseudo_prior(n) for n in self.names))
-        locs, scales = torch.cat(locs), torch.cat(scales)
-        return MixtureSameFamily(Categorical(logits=torch.zeros(len(locs), dtype=locs.dtype, device=locs.device)),
-                                 Independent(Normal(locs, scales, validate_args=False), 1), validate_args=False)
+@patch
+def prior(self: MEME) -> Distribution:
+    "$p(z)\\approx$ the uniform mixture of both modalities' pseudo-sample priors (2N components)."
+    locs, scales = zip(*(self.pseudo_prior(n) for n in self.names))
+    locs, scales = torch.cat(locs), torch.cat(scales)
+    return MixtureSameFamily(Categorical(logits=torch.zeros(len(locs), dtype=locs.dtype, device=locs.device)),
+                             Independent(Normal(locs, scales, validate_args=False), 1), validate_args=False)
 
-    def joint_posterior(self, batch: Batch) -> Distribution:
-        "MEME has no joint encoder: the observed unimodal posteriors as a uniform mixture (just $q(z|x_m)$ for one modality)."
-        qs = {n: self.posterior(n, self.observed_data(batch, n)) for n in self.names if n in batch.data}
-        return UniformMixture(list(qs.values()), torch.stack([batch.observed(n) for n in qs], -1))
+@patch
+def joint_posterior(self: MEME, batch: Batch) -> Distribution:
+    "MEME has no joint encoder: the observed unimodal posteriors as a uniform mixture (just $q(z|x_m)$ for one modality)."
+    qs = {n: self.posterior(n, self.observed_data(batch, n)) for n in self.names if n in batch.data}
+    return UniformMixture(list(qs.values()), torch.stack([batch.observed(n) for n in qs], -1))
 
 # %% ../nbs/07_meme.ipynb #meme0033
 def _meme_loss(self: MEME, batch: Batch):
