@@ -358,33 +358,41 @@ def trend_table(history) -> str:
 CPU_EVAL = {'classifier_epochs': 5, 'joint_n': 2000, 'latent_epochs': 5}
 
 JMVAE_CITE = 'Suzuki, Nakayama, Matsuo. Joint Multimodal Learning with Deep Generative Models. ICLR 2017 workshop'
-# the demo's own full setting (no paper trains on these data): JMVAE-kl, Normal pixels, a batch-normalised street encoder;
-# evaluated as MMVAE's analysis script evaluates (30-epoch classifiers, 10,000 prior samples)
-DEMO_FULL = dict(model='jmvae', model_kwargs={'alpha': 3.0}, dataset='synthetic_digits', K=1, latent_dim=20,
-                 modality_kwargs={'likelihood': 'normal', 'likelihood_scale': 0.1, 'weight': {'pen': 3.0, 'street': 1.0},
+# the demo's own full setting (no paper trains on these data): JMVAE-kl with β = 4.5 on KL(q(z|x,w) || p(z)) after a KL
+# warm-up, Normal pixels, a batch-normalised street encoder; evaluated as MMVAE's analysis script evaluates
+DEMO_FULL = dict(model='jmvae', model_kwargs={'alpha': 3.0, 'beta': 4.5}, dataset='synthetic_digits', K=1, latent_dim=20,
+                 modality_kwargs={'likelihood': 'normal', 'likelihood_scale': 0.2, 'weight': {'pen': 3.0, 'street': 1.0},
                                   'arch': {'street': 'svhn_cnn_bn'}},
-                 batch_size=128, epochs=30, lr=1e-3,
+                 batch_size=128, epochs=30, lr=1e-3, warmup_epochs=10,
                  eval_kwargs={'classifier_epochs': 30, 'joint_n': 10000, 'latent': ['mmvae'], 'latent_epochs': 30})
 NARROW_STREET = [16, 32, 64]
 DEMO = register(Experiment(
     'demo', 'JMVAE-kl on the embedded synthetic paired digits (the `make demo` run)', JMVAE_CITE,
     _scales('demo', DEMO_FULL,
-            dict(model_kwargs={'alpha': 3.0, 'feature_hidden': {'street': NARROW_STREET}},
+            dict(model_kwargs={**DEMO_FULL['model_kwargs'], 'feature_hidden': {'street': NARROW_STREET}},
                  modality_kwargs={**DEMO_FULL['modality_kwargs'], 'hidden': {'street': NARROW_STREET}},
-                 n_train=24000, n_test=1000, epochs=8, lr=2e-3, ckpt_every=200,
+                 n_train=24000, n_test=1000, epochs=8, lr=2e-3, warmup_epochs=3, ckpt_every=200,
                  eval_kwargs={**DEMO_FULL['eval_kwargs'], 'classifier_epochs': 5, 'joint_n': 2000}),
             "street networks with 16-32-64 channels instead of 32-64-128 (encoder, joint features, decoder), 8 epochs "
-            "instead of 30, learning rate 2e-3 instead of 1e-3, 1,000 test pairs; evaluation: 2,000 prior samples."),
+            "instead of 30 (KL warm-up over 3 instead of 10), learning rate 2e-3 instead of 1e-3, 1,000 test pairs; "
+            "evaluation: 2,000 prior samples."),
     notes="The data are generated digits (`mmvae_nb.synthetic`): 'pen' stands in for MNIST and 'street' for SVHN; no "
           "paper reports numbers on them. Why this model: a street image's colours, clutter and polarity are independent "
-          "of its pen partner, and a mixture model (MMVAE, measured: pen → street 0.096) must predict them from the pen "
-          "image, so its street decoder's mean is grey; JMVAE-kl trains each unimodal encoder to match the joint "
-          "posterior (a direct signal for the street encoder), and a posterior sample picks one street style. "
-          "Chosen from a few trials (8 epochs, 24,000 pairs; not one factor at a time): without batch norm in the street "
-          "encoder street → pen stayed at or below 0.63; α = 3 with pen weight 3 (which keeps the joint features from "
-          "following the larger street image alone) was the best combination tried; Normal pixels of scale 0.1. Joint "
-          "coherence stays the weak number (0.15-0.37 in every trial): prior samples of street are faint, as the "
-          "decoder mean over street styles is."))
+          "of its pen partner, and a mixture model (MMVAE, measured: pen → street 0.096; MMVAE+ with private latents, "
+          "8 epochs: 0.12-0.21, its street decoder given a draw of r(w) outputs the grey average style) must predict "
+          "them from the pen image; JMVAE-kl trains each unimodal encoder to match the joint posterior (a direct signal "
+          "for the street encoder), and a posterior sample picks one street style. Why β = 4.5 with a KL warm-up: with "
+          "β = 1 prior samples fall where no posterior puts mass (measured on a β = 1 run with pixel scale 0.3, 11 epochs: decoding joint-posterior "
+          "draws of test pairs, the two classifiers agree on 0.88; decoding prior draws, on 0.35, and 61% of the pen "
+          "prior samples are read as '1'); a larger weight on KL(q(z|x,w) || p(z)) pulls the aggregate posterior "
+          "towards the prior and raised joint coherence from 0.27-0.36 (β = 1, pixel scale 0.1-0.3) to 0.39-0.48 "
+          "(β = 4.5-6, pixel scale 0.2), at a cost in the street encoder: street latent accuracy fell from 0.74-0.85 to 0.55-0.76. "
+          "Chosen from about 30 trials (seed 0, 8 epochs of 24,000 pairs unless said; not one factor at a time; the "
+          "package's own setting, nothing is compared with a paper): batch norm in the street encoder, α = 3, pen "
+          "weight 3, pixel scale 0.2, β = 4.5, warm-up 3 epochs. Seed 1 of this setting: cross coherence 0.769 / "
+          "0.653, joint 0.400, latent accuracy 0.862 / 0.763. No trial met all four targets of issue 9 (cross "
+          "coherence ≥ 0.6 both ways, joint ≥ 0.4, latent accuracy ≥ 0.8): street latent accuracy stays below 0.8 "
+          "whenever joint coherence reaches 0.4 at this training length."))
 
 # %% ../nbs/10_experiments.ipynb #d2c0ffee
 def _accepted(fn) -> tuple:
@@ -616,7 +624,8 @@ def chapter_runs_dir() -> Path:
     import platformdirs
     return Path(platformdirs.user_cache_dir('mmvae_nb')) / 'chapter_runs'
 
-# the model chapters' demonstration runs (04b, 04c, 04g): the demo's modality settings, 5 epochs of 8,192 pairs, batch 32
+# the model chapters' demonstration runs (04b, 04c, 04g): the demo's networks with pixel scale 0.1 (its setting before
+# β = 4.5), 5 epochs of 8,192 pairs, batch 32
 CHAPTER_RUN = dict(dataset='synthetic_digits', n_train=8192, n_test=64, latent_dim=20, batch_size=32, epochs=5, lr=2e-3,
                    modality_kwargs={'likelihood': 'normal', 'likelihood_scale': 0.1, 'weight': {'pen': 3.0, 'street': 1.0},
                                     'arch': {'street': 'svhn_cnn_bn'}, 'hidden': {'street': [16, 32, 64]}},
