@@ -15,7 +15,7 @@ from .classifiers import _class_labels, _observed_all, _rows_of, eval_mode, iter
 # %% auto #0
 __all__ = ['LATENT_PROTOCOLS', 'cross_coherence', 'all_subsets', 'input_subsets', 'cross_coherence_matrix', 'joint_coherence',
            'coherence_by_inputs', 'posterior_latents', 'latent_accuracy_linear', 'latent_accuracy_logreg',
-           'latent_accuracy']
+           'latent_accuracy', 'fit_expost_prior']
 
 # %% ../nbs/06b_coherence.ipynb #d0773855
 @torch.no_grad()
@@ -82,19 +82,21 @@ def cross_coherence_matrix(model, dataset, classifiers: Mapping, subsets=None, t
 
 @torch.no_grad()
 def joint_coherence(model, classifiers: Mapping, n: int = 10000, batch_size: int = 1000, names=None,
-                    seed: int | None = 0) -> dict:
-    "Fraction of `n` prior samples whose decoded modalities all get the same predicted class (a result row)."
+                    seed: int | None = 0, prior=None, prior_label: str = 'ex-post prior') -> dict:
+    "Fraction of `n` prior samples (of `prior` if given) whose decoded modalities all get the same predicted class (a row)."
     names = [m for m in (names or model.names) if m in classifiers]
     check(len(names) >= 2, f"joint coherence needs classifiers for at least two modalities; have {names}")
     check(int(n) >= 1, f"n must be a positive integer; got {n}")
     agree = 0
     with eval_mode(model), seeded(seed):
         for st in range(0, int(n), batch_size):
-            out = model.sample(min(batch_size, int(n) - st), names)
+            b = min(batch_size, int(n) - st)     # models with their own sampler (EBMPrior) take no `prior`
+            out = model.sample(b, names) if prior is None else model.sample(b, names, prior=prior)
             preds = torch.stack([classifiers[m].predict(out[m]) for m in names])
             agree += int((preds == preds[:1]).all(0).sum())
-    return result_row('joint_coherence', agree / int(n), f'prior samples, all {len(names)} predictions agree',
-                      'prior', names, n, classifier_accuracy=min(classifiers[m].accuracy for m in names))
+    return result_row('joint_coherence', agree / int(n), f'{"prior" if prior is None else prior_label} samples, all '
+                      f'{len(names)} predictions agree', 'prior' if prior is None else prior_label, names, n,
+                      classifier_accuracy=min(classifiers[m].accuracy for m in names))
 
 # %% ../nbs/06b_coherence.ipynb #36fc8441
 def coherence_by_inputs(rows: Sequence[Mapping]) -> list:
@@ -183,3 +185,20 @@ def latent_accuracy(model, train, test, protocol: str = 'mmvae', subsets=None, *
     if subsets is None:
         subsets = [(n,) for n in model.names] if protocol == 'mmvae' else all_subsets(model.names)
     return [LATENT_PROTOCOLS[protocol](model, train, test, list(S) if not isinstance(S, str) else [S], **kw) for S in subsets]
+
+# %% ../nbs/06b_coherence.ipynb #627b5b76
+def fit_expost_prior(model, dataset, n_components: int = 10, n: int | None = 10000, covariance: str = 'full',
+                     seed: int = 0, given=None):
+    "A `n_components` Gaussian mixture fitted by EM to the joint-posterior means of `n` items of `dataset` (on the model's device)."
+    from sklearn.mixture import GaussianMixture
+    from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+    check(covariance in ('full', 'diag'), f"covariance must be 'full' or 'diag'; got {covariance!r}")
+    with eval_mode(model):
+        mu, _, _ = posterior_latents(model, dataset, given or model.names, rows=_rows_of(dataset, n, seed))
+    check(bool(torch.isfinite(mu).all()), "posterior means contain NaN or inf: the model diverged; no prior can be fitted")
+    check(1 <= int(n_components) <= len(mu), f"n_components must be in 1..{len(mu)} (the items fitted); got {n_components}")
+    g = GaussianMixture(int(n_components), covariance_type=covariance, random_state=seed, reg_covar=1e-6)
+    g.fit(mu.detach().double().cpu().numpy())
+    t = lambda a: torch.as_tensor(a, dtype=mu.dtype, device=mu.device)
+    cov = t(g.covariances_) if covariance == 'full' else torch.diag_embed(t(g.covariances_))
+    return MixtureSameFamily(Categorical(probs=t(g.weights_)), MultivariateNormal(t(g.means_), covariance_matrix=cov))

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 from .core import check, atomic_write
 from .classifiers import _rows_of
-from .coherence import cross_coherence_matrix, joint_coherence, latent_accuracy
+from .coherence import cross_coherence_matrix, joint_coherence, latent_accuracy, fit_expost_prior
 from .likelihoods import likelihood_rows
 
 # %% auto #0
@@ -89,11 +89,15 @@ def write_table(rows: Sequence[Mapping], path_stem, paper: Mapping | None = None
 def evaluate_model(model, dataset, classifiers: Mapping, train=None, latent: Sequence[str] = ('mmvae', 'mopoe'),
                    joint_n: int = 10000, latent_epochs: int = 30, latent_batch_size: int = 256, n_logreg: int = 500, n: int | None = None,
                    likelihood_K: int | None = None, likelihood_n: int = 1000, likelihood_marginals: bool = False,
-                   batch_size: int = 256, seed: int = 0, extra: Mapping | None = None) -> list:
-    "Coherence matrix, joint coherence, latent accuracy per protocol (and IWAE likelihoods if `likelihood_K`): rows."
+                   batch_size: int = 256, seed: int = 0, expost_prior: int = 0, extra: Mapping | None = None) -> list:
+    "Coherence matrix, joint coherence (also under a fitted `expost_prior`-component prior), latent accuracy (and IWAE likelihoods): rows."
     rows = cross_coherence_matrix(model, dataset, classifiers, batch_size=batch_size, n=n, seed=seed)
     if sum(m in classifiers for m in model.names) >= 2:
         rows.append(joint_coherence(model, classifiers, n=joint_n, seed=seed))
+        if expost_prior:             # fitted to the training items' posteriors (the test items' when no train split is given)
+            prior = fit_expost_prior(model, dataset if train is None else train, n_components=expost_prior, seed=seed)
+            rows.append(joint_coherence(model, classifiers, n=joint_n, seed=seed, prior=prior,
+                                        prior_label=f'ex-post GMM ({expost_prior})'))
     note = ''
     if latent:
         if train is None:

@@ -303,9 +303,9 @@ def embed(self: MultimodalVAE, batch: Batch, given: Sequence[str] | None = None)
 
 @patch
 @torch.no_grad()
-def sample(self: MultimodalVAE, n: int, names: Sequence[str] | None = None) -> dict:
-    "Decode `n` prior samples into every modality (point predictions)."
-    z = self.prior().sample((n,))
+def sample(self: MultimodalVAE, n: int, names: Sequence[str] | None = None, prior: Distribution | None = None) -> dict:
+    "Decode `n` samples of the prior (or of `prior`, e.g. a fitted `coherence.fit_expost_prior`) into every modality."
+    z = (self.prior() if prior is None else prior).sample((n,))
     return {m: self.mods[m].point(p) for m, p in self.likelihoods(z, names).items()}
 
 # %% ../nbs/04_models.ipynb #252e5c7e
