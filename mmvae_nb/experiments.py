@@ -17,10 +17,10 @@ from .train import (TrainConfig, Trainer, CheckpointManager, RunLock, init_distr
 __all__ = ['SCALES', 'MODELS', 'DATASETS', 'METRICS_DEFAULTS', 'EVALUATORS', 'DRAWABLE', 'EXPERIMENTS', 'CPU_EVAL', 'JMVAE_CITE',
            'DEMO_FULL', 'NARROW_STREET', 'DEMO', 'NEUTRAL_FIELDS', 'CHAPTER_RUN', 'CUSTOM', 'ExperimentConfig',
            'mmvae_plus', 'resolve', 'load_data', 'build_model', 'make_iterator', 'test_bound', 'standard_metrics',
-           'as_rows', 'run_evaluators', 'rows_figure', 'generation_figures', 'loss_figure', 'scale_statement',
-           'unmeasured_table', 'Experiment', 'register', 'likelihood_trend', 'trend_table', 'validate_config',
-           'apply_overrides', 'check_resumable', 'train', 'load_run', 'report_experiment', 'evaluate', 'changes',
-           'write_report', 'reproduce', 'chapter_runs_dir', 'chapter_run']
+           'as_rows', 'run_evaluators', 'rows_figure', 'figure_items', 'generation_figures', 'loss_figure',
+           'scale_statement', 'unmeasured_table', 'Experiment', 'register', 'likelihood_trend', 'trend_table',
+           'validate_config', 'apply_overrides', 'check_resumable', 'train', 'load_run', 'report_experiment',
+           'evaluate', 'changes', 'write_report', 'reproduce', 'chapter_runs_dir', 'chapter_run']
 
 # %% ../nbs/10_experiments.ipynb #c58b9096
 SCALES = ('paper', 'cpu', 'custom')
@@ -235,14 +235,24 @@ def rows_figure(rows: Sequence, path, dpi: int = 70) -> Path:
 # %% ../nbs/10_experiments.ipynb #0e756d94
 DRAWABLE = ('image', 'categorical', 'features', 'sequence')
 
+def figure_items(dataset, n: int = 10) -> torch.Tensor:
+    "Rows to draw: the first item of each class in class order, then each class's second, ... (`n` in all); the first `n` without class labels."
+    y = dataset.labels
+    if y.ndim != 1 or len(y) == 0: return torch.arange(min(n, len(y)))
+    _, cls = torch.unique(y, return_inverse=True)
+    order = torch.argsort(cls, stable=True); grouped = cls[order]          # by class, data order within a class
+    rank = torch.arange(len(grouped), device=y.device) - torch.searchsorted(grouped, grouped)
+    # chosen by label only, never by how well the model does on an item: every class is seen, none picked for looks
+    return order[torch.argsort(rank * (int(grouped.max()) + 1) + grouped, stable=True)[:n]]
+
 @torch.no_grad()
-def generation_figures(model, dataset, out_dir, n: int = 8, prior=None, prior_label: str = 'ex-post') -> dict:
-    "reconstructions.png, cross_generation.png (one posterior sample) of the first `n` test items; samples.png (of `prior` too)."
+def generation_figures(model, dataset, out_dir, n: int = 10, prior=None, prior_label: str = 'ex-post') -> dict:
+    "reconstructions.png, cross_generation.png (one posterior sample) of `figure_items(dataset, n)`; samples.png (of `prior` too)."
     out_dir = Path(out_dir); model.eval()
     specs = {s.name: s for s in dataset.specs if s.kind in DRAWABLE}
     names = [m for m in model.names if m in specs]
     if not names: return {}
-    batch = dataset.batch(torch.arange(min(n, len(dataset))), device=next(model.parameters()).device)
+    batch = dataset.batch(figure_items(dataset, n), device=next(model.parameters()).device)
     figs = {}
     rows = []
     for m in names:                  # each modality from its own posterior (a mixture's mean would blur the experts)
@@ -596,7 +606,7 @@ def write_report(out_dir, exp: Experiment, cfg: ExperimentConfig, rows: list, no
     if exp.notes: parts += [f"Notes: {exp.notes}", '']
     parts += ['Evaluators: ' + '; '.join(f"`{k}` {v}" for k, v in notes.items()) + '.', '']
     titles = {'loss_curves': 'Training curves', 'reconstructions': 'Reconstructions (each modality from its own posterior)',
-              'cross_generation': 'Cross-generation (one modality given, one posterior sample)', 'samples': 'Samples from the prior'}
+              'cross_generation': 'Cross-generation (one modality given, one posterior sample)', 'samples': 'Samples from the prior (p(z); below it an ex-post prior where one was fitted)'}
     for k, title in titles.items():
         if k in figs: parts += [f"## {title}", '', f"![{title}]({Path(figs[k]).name})", '']
     parts += ['## Run', '', '| | |', '|---|---|'] + [f"| {k} | {v} |" for k, v in info.items()] + ['',
