@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_coherence.ipynb #89297e97
 from __future__ import annotations
-import itertools, math, warnings
+import inspect, itertools, math, warnings
 from typing import Mapping, Sequence
 import torch
 from torch import nn
@@ -87,10 +87,12 @@ def joint_coherence(model, classifiers: Mapping, n: int = 10000, batch_size: int
     names = [m for m in (names or model.names) if m in classifiers]
     check(len(names) >= 2, f"joint coherence needs classifiers for at least two modalities; have {names}")
     check(int(n) >= 1, f"n must be a positive integer; got {n}")
+    check(prior is None or 'prior' in inspect.signature(model.sample).parameters,
+          f"{type(model).__name__} samples from its own prior (its `sample` takes no `prior`): leave `prior` (and `expost_prior`) unset")
     agree = 0
     with eval_mode(model), seeded(seed):
         for st in range(0, int(n), batch_size):
-            b = min(batch_size, int(n) - st)     # models with their own sampler (EBMPrior) take no `prior`
+            b = min(batch_size, int(n) - st)
             out = model.sample(b, names) if prior is None else model.sample(b, names, prior=prior)
             preds = torch.stack([classifiers[m].predict(out[m]) for m in names])
             agree += int((preds == preds[:1]).all(0).sum())
